@@ -1,0 +1,5 @@
+import sys
+
+from olmolab.cli import main
+
+sys.exit(main())
