@@ -1,0 +1,130 @@
+"""The language-modelling loss: cross-entropy plus OLMo's z-loss.
+
+    ce     = sum over labelled tokens of  logsumexp(logits) - logits[label]
+    z_loss = z_loss_multiplier * sum over labelled tokens of  logsumexp(logits)^2
+
+both divided by `div_factor` (by default the number of labelled tokens). z-loss keeps the
+softmax normaliser near 1 (log Z near 0), which OLMo 2 uses (multiplier 1e-5) for stability.
+
+Two implementations with one contract:
+- `cross_entropy_loss(logits, labels)`: the plain reference, from logits.
+- `linear_cross_entropy(hidden, lm_head_weight, labels)`: what training uses. It walks the
+  tokens in chunks, computing each chunk's logits, loss *and gradient* at once, so the full
+  (tokens x vocab) logits never exist and the softmax is read twice instead of ~6 times.
+  Its backward only scales the gradients it already holds.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+IGNORE_INDEX = -100
+
+# Elements of one logits chunk: 4M fp32 values (16 MiB) balance matmul efficiency and memory.
+CHUNK_ELEMENTS = 1 << 22
+
+
+class LMLoss(NamedTuple):
+    loss: Tensor
+    """ce_loss + z_loss, the differentiable total to call `.backward()` on."""
+    ce_loss: Tensor
+    """Cross-entropy part, detached (for logging)."""
+    z_loss: Tensor
+    """z-loss part, multiplier applied, detached (for logging)."""
+
+
+def cross_entropy_loss(
+    logits: Tensor,
+    labels: Tensor,
+    *,
+    z_loss_multiplier: float = 0.0,
+    div_factor: float | Tensor | None = None,
+    ignore_index: int = IGNORE_INDEX,
+) -> LMLoss:
+    """Reference loss from logits (..., V) and labels (...) aligned with them."""
+    logits = logits.reshape(-1, logits.shape[-1]).float()
+    labels = labels.reshape(-1)
+    valid = labels != ignore_index
+    div = valid.sum() if div_factor is None else div_factor
+    lse = torch.logsumexp(logits, dim=-1)
+    target = logits.gather(1, labels.clamp(min=0)[:, None]).squeeze(1)
+    ce = torch.where(valid, lse - target, 0.0).sum() / div
+    z = z_loss_multiplier * torch.where(valid, lse.square(), 0.0).sum() / div
+    return LMLoss(ce + z, ce.detach(), z.detach())
+
+
+def linear_cross_entropy(
+    hidden: Tensor,
+    weight: Tensor,
+    labels: Tensor,
+    *,
+    z_loss_multiplier: float = 0.0,
+    div_factor: float | Tensor | None = None,
+    ignore_index: int = IGNORE_INDEX,
+) -> LMLoss:
+    """The loss of `hidden @ weight.T` against `labels`, chunked. hidden: (N, d); weight: (V, d)."""
+    valid = labels != ignore_index
+    div = valid.sum() if div_factor is None else div_factor
+    div = torch.as_tensor(div, dtype=torch.float32, device=hidden.device)
+    loss, ce, z = _LinearCrossEntropy.apply(hidden, weight, labels, valid, div, float(z_loss_multiplier))
+    return LMLoss(loss, ce, z)
+
+
+def _compute_dtype(t: Tensor) -> torch.dtype:
+    """The matmul dtype: autocast's on CUDA (bf16 for OLMo 2 training), else the input's."""
+    if t.is_cuda and torch.is_autocast_enabled("cuda"):
+        return torch.get_autocast_dtype("cuda")
+    return t.dtype
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, labels, valid, div, z_mult):
+        dtype = _compute_dtype(hidden)
+        needs_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        with torch.autocast(hidden.device.type, enabled=False):
+            h, w = hidden.to(dtype), weight.to(dtype)
+            n, vocab = h.shape[0], w.shape[0]
+            rows = max(1, CHUNK_ELEMENTS // vocab)
+            ce_sum = torch.zeros((), dtype=torch.float32, device=h.device)
+            z_sum = torch.zeros((), dtype=torch.float32, device=h.device)
+            grad_h = torch.empty_like(h) if needs_grad else None
+            grad_w = torch.zeros(w.shape, dtype=torch.float32, device=w.device) if needs_grad else None
+            for s in range(0, n, rows):
+                e = min(s + rows, n)
+                logits = (h[s:e] @ w.T).float()  # (rows, V)
+                lse = torch.logsumexp(logits, dim=-1)
+                target = logits.gather(1, labels[s:e].clamp(min=0)[:, None]).squeeze(1)
+                ok = valid[s:e]
+                ce_sum += torch.where(ok, lse - target, 0.0).sum()
+                z_sum += torch.where(ok, lse.square(), 0.0).sum()
+                if not needs_grad:
+                    continue
+                # d(ce + z)/d logits = softmax * (1 + 2 z lse) - onehot(label), on labelled rows.
+                row_scale = torch.where(ok, (1 + 2 * z_mult * lse) / div, 0.0)
+                grad_logits = logits.sub_(lse[:, None]).exp_().mul_(row_scale[:, None])
+                onehot = torch.where(ok, -1.0 / div, 0.0)
+                grad_logits.scatter_add_(1, labels[s:e].clamp(min=0)[:, None], onehot[:, None])
+                grad_logits = grad_logits.to(dtype)
+                torch.mm(grad_logits, w, out=grad_h[s:e])
+                if dtype == torch.float32:
+                    grad_w.addmm_(grad_logits.T, h[s:e])
+                else:  # a bf16 matmul, accumulated across chunks in fp32
+                    grad_w += grad_logits.T @ h[s:e]
+            ce, z = ce_sum / div, z_mult * z_sum / div
+        if needs_grad:
+            ctx.save_for_backward(grad_h, grad_w)
+            ctx.input_dtypes = (hidden.dtype, weight.dtype)
+        ctx.mark_non_differentiable(ce, z)
+        return ce + z, ce, z
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_ce, _grad_z):
+        grad_h, grad_w = ctx.saved_tensors
+        h_dtype, w_dtype = ctx.input_dtypes
+        grad_hidden = (grad_h * grad_loss).to(h_dtype) if ctx.needs_input_grad[0] else None
+        grad_weight = (grad_w * grad_loss).to(w_dtype) if ctx.needs_input_grad[1] else None
+        return grad_hidden, grad_weight, None, None, None, None

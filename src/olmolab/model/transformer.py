@@ -1,0 +1,296 @@
+"""The OLMo / OLMo 2 decoder, top to bottom.
+
+References: Groeneveld et al. 2024, "OLMo: Accelerating the Science of Language Models";
+OLMo Team 2024, "2 OLMo 2 Furious"; the checkpoints' Hugging Face implementations
+(`transformers/models/olmo`, `.../olmo2`), which this model matches logit for logit.
+
+Both families are a stack of blocks: causal self-attention with RoPE and a SwiGLU MLP, no
+biases anywhere. What differs is where and which norm (see `ModelConfig`):
+
+    OLMo 1 ("pre"):   h = x + Attn(LN(x));        out = h + MLP(LN(h))        LN has no weight
+    OLMo 2 ("post"):  h = x + RMS(Attn(x));       out = h + RMS(MLP(h))       + QK-norm in Attn
+
+Projections are fused the way OLMo stores them: one `w_qkv` matmul for queries, keys and
+values, and one `w_in` for the SwiGLU's up and gate halves. One larger matmul is faster than
+three small ones; `olmolab.convert.hf` splits them into Hugging Face's names.
+
+Distributed training wraps this module from outside (`olmolab.train.distributed`); nothing
+here knows about processes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from olmolab.model.config import ModelConfig
+from olmolab.model.loss import LMLoss, linear_cross_entropy
+
+
+class Norm(nn.Module):
+    """OLMo 1's LayerNorm without weight or bias, or OLMo 2's RMSNorm with a weight.
+
+    Computed in fp32 whatever the input dtype, as both reference implementations do.
+    """
+
+    def __init__(self, kind: str, size: int, eps: float):
+        super().__init__()
+        self.kind, self.size, self.eps = kind, size, eps
+        self.weight = nn.Parameter(torch.ones(size)) if kind == "rmsnorm" else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        dtype = x.dtype
+        x = x.float()
+        if self.kind == "rmsnorm":
+            x = F.rms_norm(x, (self.size,), self.weight.float(), self.eps)
+        else:
+            x = F.layer_norm(x, (self.size,), None, None, self.eps)
+        return x.to(dtype)
+
+
+class RotaryEmbedding(nn.Module):
+    """RoPE in the "rotate half" layout (not interleaved), as OLMo and transformers use it.
+
+    The cos/sin tables follow from the config, so they are not weights: they are built on first
+    use on the input's device, always in fp32 (a model cast to bf16 keeps exact angles).
+    """
+
+    def __init__(self, head_dim: int, max_seq_len: int, theta: float):
+        super().__init__()
+        self.head_dim, self.max_seq_len, self.theta = head_dim, max_seq_len, theta
+        self._tables: tuple[Tensor, Tensor] | None = None
+
+    def _build(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        hd = self.head_dim
+        inv_freq = 1.0 / self.theta ** (torch.arange(0, hd, 2, dtype=torch.float32, device=device) / hd)
+        angles = torch.outer(torch.arange(self.max_seq_len, dtype=torch.float32, device=device), inv_freq)
+        angles = torch.cat([angles, angles], dim=-1)  # (max_seq_len, head_dim)
+        return angles.cos(), angles.sin()
+
+    def tables(self, positions: Tensor | None, start: int, length: int, device) -> tuple[Tensor, Tensor]:
+        """cos and sin for the given positions: (T, 1, hd) from a range, or (B, T, 1, hd)."""
+        if self._tables is None or self._tables[0].device != device:
+            self._tables = self._build(device)
+        cos, sin = self._tables
+        if positions is None:
+            if start + length > self.max_seq_len:
+                raise ValueError(
+                    f"sequence of {start + length} tokens is longer than the model's context window "
+                    f"(max_seq_len={self.max_seq_len})"
+                )
+            return cos[start : start + length, None, :], sin[start : start + length, None, :]
+        return cos[positions][:, :, None, :], sin[positions][:, :, None, :]
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """x: (B, T, heads, hd). Rotates each (x_i, x_{i+hd/2}) pair by the position's angle."""
+    x1, x2 = x.chunk(2, dim=-1)
+    rotated = torch.cat([-x2, x1], dim=-1)
+    return (x.float() * cos + rotated.float() * sin).to(x.dtype)
+
+
+@dataclass
+class KVCache:
+    """Keys and values of the tokens seen so far, preallocated for `max_len` tokens per layer.
+
+    `length` is how many positions are filled; the model advances it after each forward.
+    Layout per layer: (B, n_kv_heads, max_len, head_dim), what SDPA consumes.
+    """
+
+    keys: list[Tensor]
+    values: list[Tensor]
+    length: int = 0
+
+    @classmethod
+    def allocate(cls, config: ModelConfig, batch_size: int, max_len: int, device=None, dtype=None) -> KVCache:
+        shape = (batch_size, config.n_kv_heads, max_len, config.head_dim)
+        make = lambda: torch.zeros(shape, device=device, dtype=dtype)  # noqa: E731
+        return cls([make() for _ in range(config.n_layers)], [make() for _ in range(config.n_layers)])
+
+    @property
+    def max_len(self) -> int:
+        return self.keys[0].shape[2]
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
+        self.d_model, self.kv_dim = config.d_model, config.kv_dim
+        self.clip_qkv = config.clip_qkv
+        self.w_qkv = nn.Linear(config.d_model, config.d_model + 2 * config.kv_dim, bias=False)
+        self.w_out = nn.Linear(config.d_model, config.d_model, bias=False)
+        # OLMo 2's QK-norm acts on the full projected width, before the split into heads.
+        self.q_norm = Norm(config.norm, config.d_model, config.norm_eps) if config.qk_norm else None
+        self.k_norm = Norm(config.norm, config.kv_dim, config.norm_eps) if config.qk_norm else None
+
+    def forward(
+        self,
+        x: Tensor,
+        rope: tuple[Tensor, Tensor],
+        mask: Tensor | None,
+        cache: tuple[Tensor, Tensor] | None,
+        start: int,
+    ) -> Tensor:
+        B, T, _ = x.shape
+        q, k, v = self.w_qkv(x).split([self.d_model, self.kv_dim, self.kv_dim], dim=-1)
+        if self.clip_qkv is not None:  # OLMo 1.7's guard against loss spikes
+            q, k, v = (t.clamp(-self.clip_qkv, self.clip_qkv) for t in (q, k, v))
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = apply_rotary(q.view(B, T, self.n_heads, self.head_dim), *rope)  # (B, T, nh, hd)
+        k = apply_rotary(k.view(B, T, self.n_kv_heads, self.head_dim), *rope)  # (B, T, nkv, hd)
+        v = v.view(B, T, self.n_kv_heads, self.head_dim)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, heads, T, hd)
+        if cache is not None:
+            cache_k, cache_v = cache
+            cache_k[:, :, start : start + T] = k
+            cache_v[:, :, start : start + T] = v
+            k, v = cache_k[:, :, : start + T], cache_v[:, :, : start + T]  # (B, nkv, S, hd)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=mask is None and start == 0 and T > 1,
+            enable_gqa=self.n_kv_heads != self.n_heads,
+        )
+        return self.w_out(y.transpose(1, 2).reshape(B, T, self.d_model))
+
+
+class FeedForward(nn.Module):
+    """SwiGLU: w_out(silu(gate) * up), with `w_in` holding [up; gate] as OLMo's ff_proj does."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.w_in = nn.Linear(config.d_model, 2 * config.mlp_hidden_size, bias=False)
+        self.w_out = nn.Linear(config.mlp_hidden_size, config.d_model, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        up, gate = self.w_in(x).chunk(2, dim=-1)
+        return self.w_out(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.norm_placement = config.norm_placement
+        self.attention = Attention(config)
+        self.feed_forward = FeedForward(config)
+        self.attention_norm = Norm(config.norm, config.d_model, config.norm_eps)
+        self.feed_forward_norm = Norm(config.norm, config.d_model, config.norm_eps)
+
+    def forward(self, x: Tensor, rope, mask=None, cache=None, start: int = 0) -> Tensor:
+        if self.norm_placement == "pre":  # OLMo 1: normalise what goes into each sub-layer
+            h = x + self.attention(self.attention_norm(x), rope, mask, cache, start)
+            return h + self.feed_forward(self.feed_forward_norm(h))
+        # OLMo 2: normalise what comes out of each sub-layer, before the residual add
+        h = x + self.attention_norm(self.attention(x, rope, mask, cache, start))
+        return h + self.feed_forward_norm(self.feed_forward(h))
+
+
+class Transformer(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.embeddings = nn.Embedding(config.embedding_size, config.d_model)
+        self.rope = RotaryEmbedding(config.head_dim, config.max_seq_len, config.rope_theta)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.norm = Norm(config.norm, config.d_model, config.norm_eps)
+        self.lm_head = nn.Linear(config.d_model, config.embedding_size, bias=False)
+        if config.weight_tying:
+            self.lm_head.weight = self.embeddings.weight
+        self.init_weights()
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        labels: Tensor | None = None,
+        *,
+        z_loss_multiplier: float = 0.0,
+        loss_div_factor: float | Tensor | None = None,
+        positions: Tensor | None = None,
+        attn_mask: Tensor | None = None,
+        cache: KVCache | None = None,
+        last_only: bool = False,
+    ) -> Tensor | LMLoss:
+        """Logits (B, T, embedding_size), or with `labels` the loss without materialising them.
+
+        labels: (B, T) target ids aligned with the inputs (already shifted; -100 = ignore).
+        loss_div_factor: what the summed token losses are divided by; default the number of
+            labelled tokens here (a trainer passes the global count so micro-batches add up).
+        positions: (B, T) RoPE positions, e.g. for left-padded batches; default start..start+T.
+        attn_mask: boolean (B, 1, T, S), True = may attend; default causal.
+        cache: a KVCache to read from and append to (generation).
+        last_only: logits of the last position only, (B, 1, V): what decoding needs.
+        """
+        start = cache.length if cache is not None else 0
+        x = self.embeddings(input_ids)  # (B, T, d)
+        rope = self.rope.tables(positions, start, input_ids.shape[1], input_ids.device)
+        for i, block in enumerate(self.blocks):
+            layer_cache = (cache.keys[i], cache.values[i]) if cache is not None else None
+            x = block(x, rope, attn_mask, layer_cache, start)
+        if cache is not None:
+            cache.length += input_ids.shape[1]
+        x = self.norm(x)
+        if labels is not None:
+            return linear_cross_entropy(
+                x.flatten(0, 1), self.lm_head.weight, labels.flatten(),
+                z_loss_multiplier=z_loss_multiplier, div_factor=loss_div_factor,
+            )
+        if last_only:
+            x = x[:, -1:]
+        return self.lm_head(x)
+
+    @classmethod
+    def from_state_dict(cls, config: ModelConfig, state: dict[str, Tensor], device="cpu") -> Transformer:
+        """A model holding `state`'s weights, built without spending time on a random init."""
+        with torch.device("meta"):
+            model = cls(config)
+        model.to_empty(device=device)
+        if config.weight_tying:
+            model.lm_head.weight = model.embeddings.weight
+            state = {**state, "lm_head.weight": state["embeddings.weight"]}
+        model.load_state_dict(state, strict=True)
+        return model
+
+    # ------------------------------------------------------------------ initialisation
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """OLMo 2: every matrix ~ TruncNormal(0, 0.02, ±3σ), no depth scaling.
+        OLMo 1 ("mitchell"): 1/sqrt(fan_in) for inputs; output projections shrink with depth,
+        1/sqrt(2 * fan_in * (layer + 1)), so deeper residual branches start smaller."""
+        c = self.config
+
+        def normal(weight: Tensor, std: float) -> None:
+            cutoff = c.init_cutoff_factor * std
+            nn.init.trunc_normal_(weight, mean=0.0, std=std, a=-cutoff, b=cutoff)
+
+        mitchell = c.init == "mitchell"
+        normal(self.embeddings.weight, 1 / math.sqrt(c.d_model) if mitchell else c.init_std)
+        if not c.weight_tying:
+            normal(self.lm_head.weight, 1 / math.sqrt(c.d_model) if mitchell else c.init_std)
+        for layer, block in enumerate(self.blocks):
+            depth = 2 * (layer + 1)
+            normal(block.attention.w_qkv.weight, 1 / math.sqrt(c.d_model) if mitchell else c.init_std)
+            normal(block.feed_forward.w_in.weight, 1 / math.sqrt(c.d_model) if mitchell else c.init_std)
+            normal(block.attention.w_out.weight, 1 / math.sqrt(depth * c.d_model) if mitchell else c.init_std)
+            normal(block.feed_forward.w_out.weight,
+                   1 / math.sqrt(depth * c.mlp_hidden_size) if mitchell else c.init_std)
+        for module in self.modules():
+            if isinstance(module, Norm) and module.weight is not None:
+                module.weight.fill_(1.0)
+
+    # ------------------------------------------------------------------ sizes
+
+    def num_params(self, include_embedding: bool = True) -> int:
+        params = {id(p): p for p in self.parameters()}  # a tied weight counts once
+        total = sum(p.numel() for p in params.values())
+        if not include_embedding:
+            total -= self.embeddings.weight.numel()
+            if not self.config.weight_tying:
+                total -= self.lm_head.weight.numel()
+        return total

@@ -1,0 +1,120 @@
+"""The decoder's behaviour: causality, the fused loss, z-loss, the KV cache."""
+
+import pytest
+import torch
+
+from olmolab import KVCache, ModelConfig, Transformer
+from olmolab.model import cross_entropy_loss, linear_cross_entropy
+from olmolab.model import loss as loss_module
+
+
+def tiny(name="olmo2-tiny", **overrides):
+    return Transformer(ModelConfig.preset(name, **overrides)).eval()
+
+
+@pytest.mark.parametrize("name", ["olmo-tiny", "olmo2-tiny"])
+def test_logits_have_shape_batch_seq_padded_vocab(name):
+    model = tiny(name)
+    logits = model(torch.randint(0, 500, (3, 17)))
+    assert logits.shape == (3, 17, model.config.embedding_size)
+
+
+@pytest.mark.parametrize("name", ["olmo-tiny", "olmo2-tiny"])
+def test_a_token_never_sees_the_future(name):
+    model = tiny(name)
+    ids = torch.randint(0, 500, (1, 20))
+    changed = ids.clone()
+    changed[0, 12:] = (changed[0, 12:] + 1) % 500
+    with torch.no_grad():
+        a, b = model(ids), model(changed)
+    torch.testing.assert_close(a[:, :12], b[:, :12])
+    assert not torch.allclose(a[:, 12:], b[:, 12:])
+
+
+def test_olmo1_layernorm_has_no_parameters_and_olmo2_rmsnorm_has_weights():
+    names_1 = {n for n, _ in tiny("olmo-tiny").named_parameters()}
+    names_2 = {n for n, _ in tiny("olmo2-tiny").named_parameters()}
+    assert not any("norm" in n for n in names_1)
+    assert {"blocks.0.attention.q_norm.weight", "blocks.0.attention_norm.weight", "norm.weight"} <= names_2
+
+
+def test_olmo2_init_is_truncated_normal_with_std_002():
+    model = Transformer(ModelConfig.preset("olmo2-tiny", d_model=256, n_heads=4, mlp_hidden_size=1024))
+    w = model.blocks[0].feed_forward.w_in.weight
+    assert abs(w.std().item() - 0.02 * 0.9866) < 0.0003  # truncating at ±3σ leaves a std of 0.9866σ
+    assert w.abs().max() <= 0.06 + 1e-6
+
+
+def test_clip_qkv_bounds_the_projections():
+    model = tiny("olmo-tiny", clip_qkv=1e-3)
+    unclipped = tiny("olmo-tiny")
+    unclipped.load_state_dict(model.state_dict())
+    ids = torch.randint(0, 500, (2, 9))
+    with torch.no_grad():
+        assert not torch.allclose(model(ids), unclipped(ids))
+
+
+@pytest.mark.parametrize("z", [0.0, 1e-4])
+def test_fused_loss_matches_the_reference_loss_and_its_gradients(z, monkeypatch):
+    monkeypatch.setattr(loss_module, "CHUNK_ELEMENTS", 7 * 300)  # several uneven chunks
+    hidden = torch.randn(40, 16, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(300, 16, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, 300, (40,))
+    labels[::5] = -100
+    ref = cross_entropy_loss(hidden @ weight.T, labels, z_loss_multiplier=z)
+    ref.loss.backward()
+    ref_grads = hidden.grad.clone(), weight.grad.clone()
+    hidden.grad = weight.grad = None
+    fused = linear_cross_entropy(hidden, weight, labels, z_loss_multiplier=z)
+    (2.0 * fused.loss).backward()  # the upstream gradient must be honoured too
+    torch.testing.assert_close(fused.loss, ref.loss)
+    torch.testing.assert_close(fused.z_loss, ref.z_loss)
+    torch.testing.assert_close(hidden.grad, 2 * ref_grads[0])
+    torch.testing.assert_close(weight.grad, 2 * ref_grads[1])
+
+
+def test_z_loss_is_mean_squared_log_normaliser_times_multiplier():
+    logits = torch.randn(2, 5, 11)
+    labels = torch.randint(0, 11, (2, 5))
+    out = cross_entropy_loss(logits, labels, z_loss_multiplier=1e-2)
+    expected = 1e-2 * torch.logsumexp(logits, -1).square().mean()
+    torch.testing.assert_close(out.z_loss, expected)
+    torch.testing.assert_close(out.loss, out.ce_loss + out.z_loss)
+
+
+def test_div_factor_lets_micro_batches_sum_to_the_global_mean():
+    logits = torch.randn(4, 6, 13)
+    labels = torch.randint(0, 13, (4, 6))
+    whole = cross_entropy_loss(logits, labels).ce_loss
+    halves = sum(cross_entropy_loss(logits[i:i + 2], labels[i:i + 2], div_factor=24).ce_loss for i in (0, 2))
+    torch.testing.assert_close(halves, whole)
+
+
+def test_model_loss_equals_loss_of_its_logits():
+    model = tiny()
+    ids = torch.randint(0, 500, (2, 12))
+    labels = torch.roll(ids, -1, dims=1)
+    labels[:, -1] = -100
+    with torch.no_grad():
+        from_logits = cross_entropy_loss(model(ids), labels, z_loss_multiplier=1e-5)
+        fused = model(ids, labels, z_loss_multiplier=1e-5)
+    torch.testing.assert_close(fused.loss, from_logits.loss)
+
+
+@pytest.mark.parametrize("name", ["olmo-tiny", "olmo2-tiny"])
+def test_decoding_with_kv_cache_matches_a_full_forward(name):
+    model = tiny(name)
+    ids = torch.randint(0, 500, (2, 14))
+    with torch.no_grad():
+        full = model(ids)
+        cache = KVCache.allocate(model.config, batch_size=2, max_len=32)
+        steps = [model(ids[:, :8], cache=cache)]  # prefill
+        steps += [model(ids[:, t:t + 1], cache=cache) for t in range(8, 14)]  # one token at a time
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
+    assert cache.length == 14
+
+
+def test_sequence_longer_than_the_context_window_is_refused():
+    model = tiny(max_seq_len=16)
+    with pytest.raises(ValueError, match="longer than the model's context window"):
+        model(torch.zeros(1, 17, dtype=torch.long))
