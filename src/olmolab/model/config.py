@@ -174,7 +174,7 @@ class ModelConfig:
     # ------------------------------------------------------------------ presets
 
     @classmethod
-    def preset(cls, name: str, **overrides: Any) -> ModelConfig:
+    def preset(cls, name: str, /, **overrides: Any) -> ModelConfig:
         """A named architecture, e.g. `ModelConfig.preset("olmo2-7b")`; keyword overrides win."""
         if name not in PRESETS:
             raise ValueError(f"unknown model preset {name!r}; available presets: {', '.join(PRESETS)}")

@@ -1,0 +1,52 @@
+"""What the benchmarks share: the bench model, thread settings, a robust timer, the peak anchor.
+
+The machines are noisy, so every benchmark reports a *ratio* against an anchor measured in
+the same run, interleaving the two sides and taking medians.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from olmolab import ModelConfig
+
+# The bench model of the issues: OLMo 2, d_model 384, 6 layers, 6 heads, SwiGLU 1024, vocab 16384.
+BENCH_MODEL = ModelConfig.preset(
+    "olmo2-tiny", name="olmo2-bench", d_model=384, n_layers=6, n_heads=6, n_kv_heads=6,
+    mlp_hidden_size=1024, vocab_size=16384, embedding_size=16384, max_seq_len=512,
+)
+BENCH_SEQ_LEN, BENCH_BATCH = 512, 8
+
+
+def setup(threads: int = 2, seed: int = 0) -> None:
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+
+
+def median_time(fn: Callable[[], object], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def interleaved_medians(fns: dict[str, Callable[[], object]], rounds: int, per_round: int = 1) -> dict[str, float]:
+    """Median seconds per call of each fn, alternating them so drift hits all sides alike."""
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            samples[name].append(median_time(fn, per_round))
+    return {name: statistics.median(s) for name, s in samples.items()}
+
+
+def matmul_peak_flops(n: int = 2048, repeats: int = 5) -> float:
+    """Measured fp32 matmul FLOP/s of this machine right now: the denominator of MFU."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    return 2 * n**3 / median_time(lambda: a @ b, repeats)

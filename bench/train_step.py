@@ -1,0 +1,89 @@
+"""One training step (forward, backward, grad clipping, AdamW) of olmolab vs transformers.
+
+Same weights, same batch, same optimizer settings, same process; the two sides alternate.
+Prints tokens/s of each, MFU against this machine's measured fp32 matmul peak, and the ratio.
+
+    python bench/train_step.py [--rounds 7] [--compile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import BENCH_BATCH, BENCH_MODEL, BENCH_SEQ_LEN, interleaved_medians, matmul_peak_flops, setup
+
+from olmolab import Transformer
+from olmolab.convert import hf
+
+
+def olmolab_step(model, optimizer, ids, labels):
+    def step():
+        out = model(ids, labels, z_loss_multiplier=1e-5)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return step
+
+
+def transformers_step(model, optimizer, ids):
+    def step():
+        out = model(input_ids=ids, labels=ids)  # HF shifts the labels itself
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return step
+
+
+def adamw(model):
+    return torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1,
+                             foreach=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--compile", action="store_true", help="torch.compile each olmolab block")
+    args = parser.parse_args()
+    setup(args.threads)
+    from transformers import AutoModelForCausalLM
+
+    ours = Transformer(BENCH_MODEL).train()
+    with tempfile.TemporaryDirectory() as tmp:
+        hf.export(ours, tmp)
+        theirs = AutoModelForCausalLM.from_pretrained(tmp, attn_implementation="sdpa").train()
+    if args.compile:
+        for block in ours.blocks:
+            block.compile()
+
+    ids = torch.randint(0, BENCH_MODEL.vocab_size, (BENCH_BATCH, BENCH_SEQ_LEN))
+    labels = torch.cat([ids[:, 1:], torch.full((BENCH_BATCH, 1), -100)], dim=1)
+    steps = {
+        "olmolab": olmolab_step(ours, adamw(ours), ids, labels),
+        "transformers": transformers_step(theirs, adamw(theirs), ids),
+    }
+    for step in steps.values():  # warm-up: allocator, AdamW state, compilation
+        step(), step()
+    peak = matmul_peak_flops()
+    seconds = interleaved_medians(steps, rounds=args.rounds)
+    tokens = BENCH_BATCH * BENCH_SEQ_LEN
+    flops = BENCH_MODEL.flops_per_token(BENCH_SEQ_LEN) * tokens
+    print(f"bench model: {BENCH_MODEL.num_params() / 1e6:.1f}M params, batch {BENCH_BATCH} x seq {BENCH_SEQ_LEN}, "
+          f"fp32, {args.threads} threads{', compiled blocks' if args.compile else ''}")
+    print(f"MFU = 6*(non-embedding + lm_head params) + 12*layers*d_model*seq FLOPs per token "
+          f"/ measured matmul peak {peak / 1e9:.0f} GFLOP/s")
+    for name, s in seconds.items():
+        print(f"  {name:13s} {s * 1e3:8.1f} ms/step  {tokens / s:9.0f} tokens/s  MFU {flops / s / peak:6.1%}")
+    print(f"ratio olmolab / transformers (tokens/s): {seconds['transformers'] / seconds['olmolab']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

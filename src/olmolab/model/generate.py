@@ -1,0 +1,278 @@
+"""Text generation: a static KV cache, greedy / temperature / top-k / top-p sampling, stop
+tokens and stop strings, and batches of prompts of different lengths.
+
+Two levels:
+
+    generate(model, [[ids...], ...], GenerationConfig(...))  -> new token ids per prompt
+    generate_text(model, tokenizer, ["text", ...], config, stop_strings=[...])  -> new text per prompt
+
+How a batch is laid out (the same as transformers, so greedy decoding matches its `generate`
+token for token): prompts are *left*-padded to one length, so every row's next token is at the
+same column. A row's RoPE positions count only its real tokens (`cumsum(mask) - 1`), and the
+attention mask hides the pad columns from every query, so a padded prompt decodes exactly as
+it would alone. The cache is allocated once for prompt + new tokens; each decode step runs the
+model on one token per row and asks for the last position's logits only.
+
+References: transformers `generation/utils.py` (left padding, position ids, top-p rule),
+OLMo-core `generate/` (GenerationConfig fields), OLMo `olmo/model.py` `generate`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from olmolab.errors import UserError
+from olmolab.model.transformer import KVCache, Transformer
+
+TokenCallback = Callable[[int, int], bool | None]
+"""on_token(row, token_id) -> True to end that row now (e.g. a stop string appeared)."""
+
+
+@dataclass
+class GenerationConfig:
+    max_new_tokens: int = 64
+    """At most this many new tokens per prompt (fewer when the context window fills up)."""
+    temperature: float = 0.0
+    """0 = greedy (argmax); otherwise sample from softmax(logits / temperature)."""
+    top_k: int | None = None
+    """Sample only among the k most likely tokens (None or 0 = no limit)."""
+    top_p: float | None = None
+    """Nucleus sampling: the smallest set of tokens whose probability reaches p (None or 1 = all)."""
+    seed: int | None = None
+    """Seed of the sampling generator, for reproducible samples; None draws from torch's global RNG."""
+    stop_token_ids: Sequence[int] = field(default_factory=tuple)
+    """Tokens that end a row (kept as its last token), in addition to EOS."""
+    eos_token_id: int | None = None
+    """None = the model's `config.eos_token_id`."""
+    stop_at_eos: bool = True
+    """False generates `max_new_tokens` whatever comes (what a throughput benchmark wants)."""
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise UserError(f"max_new_tokens={self.max_new_tokens} must be at least 1")
+        if self.temperature < 0:
+            raise UserError(f"temperature={self.temperature} must be >= 0 (0 means greedy)")
+        if self.top_k is not None and self.top_k < 0:
+            raise UserError(f"top_k={self.top_k} must be >= 1 (or 0 / unset for no limit)")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise UserError(f"top_p={self.top_p} must be in (0, 1]")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+# ---------------------------------------------------------------------- choosing the next token
+
+
+def next_token(logits: Tensor, config: GenerationConfig, generator: torch.Generator | None) -> Tensor:
+    """(B, V) logits -> (B,) token ids: argmax, or a sample after temperature, top-k and top-p
+    (applied in that order, as transformers does)."""
+    if config.greedy:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / config.temperature
+    if config.top_k and config.top_k < logits.shape[-1]:
+        kth_best = logits.topk(config.top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth_best, float("-inf"))
+    if config.top_p is not None and config.top_p < 1:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        # Drop a token when the tokens ranked above it already reach top_p; the best one stays.
+        outside = probs.cumsum(dim=-1) - probs >= config.top_p
+        sorted_logits = sorted_logits.masked_fill(outside, float("-inf"))
+        logits = torch.empty_like(logits).scatter_(-1, order, sorted_logits)
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+
+
+# ---------------------------------------------------------------------- token-level generation
+
+
+def check_prompts(model: Transformer, prompts: Sequence[Sequence[int]]) -> None:
+    """Prompts are non-empty, fit the context window, and hold ids the model has embeddings for."""
+    c = model.config
+    if not prompts:
+        raise UserError("no prompts to generate from")
+    for i, prompt in enumerate(prompts):
+        if len(prompt) == 0:
+            raise UserError(f"prompt {i} is empty; give it at least one token")
+        if len(prompt) > c.max_seq_len:
+            raise UserError(
+                f"prompt {i} has {len(prompt)} tokens, longer than the model's context window of "
+                f"{c.max_seq_len} tokens; shorten it"
+            )
+        bad = [t for t in prompt if not 0 <= t < c.embedding_size]
+        if bad:
+            raise UserError(
+                f"prompt {i} holds token id {bad[0]}, outside the model's vocabulary [0, {c.embedding_size}); "
+                f"was it encoded with another model's tokenizer?"
+            )
+
+
+@torch.inference_mode()
+def generate(
+    model: Transformer,
+    prompts: Sequence[Sequence[int]],
+    config: GenerationConfig | None = None,
+    *,
+    on_token: TokenCallback | None = None,
+) -> list[list[int]]:
+    """The new tokens of each prompt, in order.
+
+    A row ends at EOS or a stop token (which is kept as its last token, as transformers does),
+    when `on_token` returns True, after `max_new_tokens`, or when the context window is full.
+    `on_token(row, token)` sees every new token as it is chosen: use it to stream.
+    """
+    config = config or GenerationConfig()
+    check_prompts(model, prompts)
+    c = model.config
+    param = next(model.parameters())
+    device, dtype = param.device, param.dtype
+    batch, width = len(prompts), max(len(p) for p in prompts)
+    # The last new token is never fed back, so a prompt that fills the window still gets one.
+    budget = min(config.max_new_tokens, c.max_seq_len - width + 1)
+    eos = c.eos_token_id if config.eos_token_id is None else config.eos_token_id
+    stop_ids = set(config.stop_token_ids) | ({eos} if config.stop_at_eos else set())
+    generator = None
+    if not config.greedy and config.seed is not None:
+        generator = torch.Generator(device=device).manual_seed(config.seed)
+
+    # Left padding: (B, width) ids, and which columns of the whole sequence are real tokens.
+    ids = torch.full((batch, width), c.pad_token_id, dtype=torch.long)
+    real = torch.ones(batch, width + budget, dtype=torch.bool)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt):] = torch.as_tensor(list(prompt), dtype=torch.long)
+        real[row, : width - len(prompt)] = False
+    ids, real = ids.to(device), real.to(device)
+    padded = not bool(real.all())
+
+    cache = KVCache.allocate(c, batch, width + budget - 1, device=device, dtype=dtype)
+    if padded:
+        positions = (real[:, :width].long().cumsum(-1) - 1).clamp(min=0)  # (B, width)
+        causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
+        # A pad query attends to itself only: a fully masked row would be NaN, and NaN values
+        # would leak through the zero attention weights other queries give its keys.
+        diagonal = torch.eye(width, dtype=torch.bool, device=device)
+        mask = (causal & real[:, None, None, :width]) | diagonal  # (B, 1, width, width)
+        logits = model(ids, positions=positions, attn_mask=mask, cache=cache, last_only=True)
+        position = positions[:, -1:] + 1  # (B, 1): each row's next RoPE position
+        key_mask = real[:, None, None, :]  # (B, 1, 1, width + budget), sliced per step
+    else:
+        logits = model(ids, cache=cache, last_only=True)
+
+    vocab = c.vocab_size  # ids past the tokenizer's vocabulary are padding rows: never choose them
+    outputs: list[list[int]] = [[] for _ in range(batch)]
+    running = list(range(batch))
+    pad = torch.tensor(c.pad_token_id, device=device)
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    for step in range(budget):
+        tokens = next_token(logits[:, -1, :vocab], config, generator)  # (B,)
+        if len(running) < batch:  # finished rows are fed padding, which no one reads
+            tokens = torch.where(finished, pad, tokens)
+        chosen = tokens.tolist()
+        still_running = []
+        for row in running:
+            token = chosen[row]
+            outputs[row].append(token)
+            stop = token in stop_ids
+            if on_token is not None and on_token(row, token):
+                stop = True
+            if stop:
+                finished[row] = True
+            else:
+                still_running.append(row)
+        running = still_running
+        if not running or step == budget - 1:
+            break
+        if padded:
+            length = cache.length + 1
+            logits = model(tokens[:, None], positions=position, attn_mask=key_mask[..., :length],
+                           cache=cache, last_only=True)
+            position += 1
+        else:
+            logits = model(tokens[:, None], cache=cache, last_only=True)
+    return outputs
+
+
+# ---------------------------------------------------------------------- text-level generation
+
+
+class _TextRow:
+    """One prompt's completion as text: stop strings, and what may safely be streamed so far."""
+
+    def __init__(self, tokenizer, stop_strings: Sequence[str], skip_ids: set[int]):
+        self.tokenizer, self.stop_strings, self.skip_ids = tokenizer, stop_strings, skip_ids
+        self.ids: list[int] = []
+        self.text = ""
+        self.emitted = 0  # characters of `text` already handed to the stream
+        self.done = False
+
+    def add(self, token: int) -> bool:
+        """Take a new token; True when a stop string has appeared (the text is cut before it)."""
+        if token in self.skip_ids:
+            return False
+        self.ids.append(token)
+        self.text = self.tokenizer.decode(self.ids)
+        longest = max((len(s) for s in self.stop_strings), default=0)
+        search_from = max(0, self.emitted - longest)
+        hits = [i for s in self.stop_strings if (i := self.text.find(s, search_from)) >= 0]
+        if hits:
+            self.text, self.done = self.text[: min(hits)], True
+        return self.done
+
+    def ready(self) -> str:
+        """New text that can be shown: not a half-decoded character, not the start of a stop string."""
+        end = len(self.text)
+        if not self.done:
+            if self.text.endswith("\ufffd"):  # the byte-level BPE has not finished this character
+                end -= 1
+            end -= max((k for stop in self.stop_strings for k in range(1, min(len(stop), end + 1))
+                        if self.text[:end].endswith(stop[:k])), default=0)
+        end = max(end, self.emitted)
+        piece, self.emitted = self.text[self.emitted : end], end
+        return piece
+
+
+def generate_text(
+    model: Transformer,
+    tokenizer,
+    prompts: Sequence[str],
+    config: GenerationConfig | None = None,
+    *,
+    stop_strings: Sequence[str] = (),
+    on_text: Callable[[int, str], None] | None = None,
+) -> list[str]:
+    """The completion of each prompt as text, cut before the first stop string.
+
+    `tokenizer` has `encode(text) -> ids` and `decode(ids) -> text` (olmolab.tokenizer.Tokenizer).
+    EOS, stop tokens and stop strings are not part of the returned text. `on_text(row, piece)`
+    receives the text as it is produced (pieces join to the returned text).
+    An empty prompt starts from EOS, the document separator OLMo models were trained with.
+    """
+    config = config or GenerationConfig()
+    eos = model.config.eos_token_id if config.eos_token_id is None else config.eos_token_id
+    tokenizer_eos = getattr(tokenizer, "eos_token_id", None)
+    if config.stop_at_eos and tokenizer_eos is not None and tokenizer_eos != eos:
+        config = dataclasses.replace(config, stop_token_ids=(*config.stop_token_ids, tokenizer_eos))
+    stop_strings = [s for s in stop_strings if s]
+    skip_ids = set(config.stop_token_ids) | ({eos} if config.stop_at_eos else set())
+    encoded = [tokenizer.encode(p) or [eos] for p in prompts]
+    rows = [_TextRow(tokenizer, stop_strings, skip_ids) for _ in prompts]
+
+    def on_token(row: int, token: int) -> bool:
+        stop = rows[row].add(token)
+        if on_text is not None and (piece := rows[row].ready()):
+            on_text(row, piece)
+        return stop
+
+    generate(model, encoded, config, on_token=on_token)
+    for row, state in enumerate(rows):
+        state.done = True
+        if on_text is not None and (piece := state.ready()):
+            on_text(row, piece)
+    return [state.text for state in rows]
