@@ -1,0 +1,1 @@
+"""Pretraining and fine-tuning: the loop, optimizer and schedules, checkpoints, parallelism."""

@@ -1,0 +1,141 @@
+"""Seeing a run: throughput and MFU, loss-spike detection, and where metrics go.
+
+`metrics.jsonl` in the run directory gets one JSON object per logged step; W&B and
+TensorBoard get the same numbers when they are installed and asked for.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from collections import deque
+from pathlib import Path
+
+import torch
+
+# Dense bf16 datasheet peaks per GPU, FLOP/s (MFU's denominator on CUDA).
+GPU_PEAK_FLOPS = {"H100": 989.5e12, "H200": 989.5e12, "A100": 312e12}
+
+
+def peak_flops(device: torch.device, override: float | None) -> float:
+    """Per-device peak: the config's, a GPU's datasheet bf16 figure, or this CPU's measured fp32."""
+    if override:
+        return override
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        return next((v for k, v in GPU_PEAK_FLOPS.items() if k in name), 989.5e12)
+    return measure_matmul_flops()
+
+
+def measure_matmul_flops(n: int = 1024, repeats: int = 5) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
+
+
+class Throughput:
+    """Tokens/s and MFU over the steps since the last report (compute only: checkpoint and eval
+    time are excluded by `pause`/`resume`)."""
+
+    def __init__(self, flops_per_token: float, peak: float, world_size: int):
+        self.flops_per_token, self.peak, self.world_size = flops_per_token, peak, world_size
+        self.tokens, self.seconds, self._t0 = 0, 0.0, None
+
+    def resume(self) -> None:
+        self._t0 = time.perf_counter()
+
+    def pause(self) -> None:
+        if self._t0 is not None:
+            self.seconds += time.perf_counter() - self._t0
+            self._t0 = None
+
+    def add(self, tokens: int) -> None:
+        self.tokens += tokens
+
+    def report(self) -> dict[str, float]:
+        self.pause()
+        tps = self.tokens / self.seconds if self.seconds else 0.0
+        mfu = tps * self.flops_per_token / (self.peak * self.world_size)
+        self.tokens, self.seconds = 0, 0.0
+        self.resume()
+        return {"tokens_per_s": tps, "mfu": mfu}
+
+
+class SpikeDetector:
+    """Flags a loss far above the recent ones (OLMo-core's rule: > mean + k sigma of a window)."""
+
+    def __init__(self, window: int, sigmas: float):
+        self.recent: deque[float] = deque(maxlen=window)
+        self.sigmas = sigmas
+
+    def is_spike(self, loss: float) -> bool:
+        spike = False
+        if len(self.recent) >= max(8, self.recent.maxlen // 4):
+            mean, std = statistics.fmean(self.recent), statistics.pstdev(self.recent)
+            spike = loss > mean + self.sigmas * max(std, 1e-6)
+        self.recent.append(loss)
+        return spike
+
+
+class MetricSinks:
+    """metrics.jsonl always; W&B and TensorBoard when configured and installed (rank 0 only)."""
+
+    def __init__(self, run_dir: Path, *, enabled: bool, wandb_project: str | None, tensorboard: bool, config: dict):
+        self.enabled = enabled
+        self.path = run_dir / "metrics.jsonl"
+        self.wandb = self.tensorboard = None
+        if not enabled:
+            return
+        if wandb_project:
+            try:
+                import wandb
+
+                self.wandb = wandb.init(project=wandb_project, dir=str(run_dir), config=config, resume="allow")
+            except ImportError:
+                print("olmolab: trainer.wandb_project is set but wandb is not installed; logging to metrics.jsonl only")
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"))
+            except ImportError:
+                print("olmolab: trainer.tensorboard is set but tensorboard is not installed; skipping it")
+
+    def truncate_after(self, step: int) -> None:
+        """On resume: drop rows of steps past the checkpoint, which will be trained again."""
+        if not self.enabled or not self.path.exists():
+            return
+        kept = [line for line in self.path.read_text().splitlines() if json.loads(line).get("step", 0) <= step]
+        self.path.write_text("".join(line + "\n" for line in kept))
+
+    def log(self, row: dict) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.wandb is not None:
+            self.wandb.log(row, step=row["step"])
+        if self.tensorboard is not None:
+            for key, value in row.items():
+                if isinstance(value, int | float) and key != "step":
+                    self.tensorboard.add_scalar(key, value, row["step"])
+
+    def close(self) -> None:
+        if self.wandb is not None:
+            self.wandb.finish()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

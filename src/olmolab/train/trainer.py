@@ -1,0 +1,319 @@
+"""The training loop: OLMo pretraining on one process or many.
+
+    olmolab train run.yaml                                   # one process
+    torchrun --nproc-per-node 2 -m olmolab train run.yaml    # DDP / FSDP2
+
+One step: take the rank's share of the global batch, split it into micro-batches, run
+forward + backward on each (gradients sync on the last), clip the global gradient norm, set
+the LR from the schedule, and step AdamW. The loss of every micro-batch is its summed token
+losses divided by the *global* number of labelled tokens (torchtitan's rule), so gradient
+accumulation, data parallelism and label masks all give exactly the mean over the batch.
+
+Side concerns (checkpoints, metrics, validation, spikes) live in their own modules; this
+file only calls them at the right moments. A run directory resumes by itself: start the same
+command again after a crash and it continues from the latest revision, bit for bit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from olmolab import io
+from olmolab.config import RunConfig
+from olmolab.data.loader import validation_batches
+from olmolab.errors import UserError
+from olmolab.model import Transformer
+from olmolab.model.loss import IGNORE_INDEX
+from olmolab.train import checkpoint as ckpt
+from olmolab.train import distributed as dist_utils
+from olmolab.train.metrics import MetricSinks, SpikeDetector, Throughput, peak_flops, read_metrics
+from olmolab.train.optim import build_optimizer, lr_at
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    tokens: int = 0
+    skipped_steps: int = 0
+    data: dict = field(default_factory=dict)
+
+
+def make_labels(input_ids: torch.Tensor, label_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Targets aligned with the inputs: token t predicts t+1; the last position and any
+    target whose label mask is False are ignored (OLMo's `label_mask_paths`)."""
+    labels = torch.full_like(input_ids, IGNORE_INDEX)
+    labels[:, :-1] = input_ids[:, 1:]
+    if label_mask is not None:
+        labels[:, :-1].masked_fill_(~label_mask[:, 1:], IGNORE_INDEX)
+    return labels
+
+
+class Trainer:
+    def __init__(self, config: RunConfig):
+        self.config = config
+        tc = config.trainer
+        device_type = "cuda" if tc.device == "cuda" or (tc.device == "auto" and torch.cuda.is_available()) else "cpu"
+        if device_type == "cuda" and not torch.cuda.is_available():
+            raise UserError("trainer.device=cuda but no CUDA device is available; use trainer.device=cpu")
+        self.device = dist_utils.init_from_env(device_type)
+        self.rank, self.world_size = dist_utils.rank(), dist_utils.world_size()
+        self.accum_steps = tc.check_batch(self.world_size)
+        self.bf16 = tc.precision == "bf16" or (tc.precision == "auto" and device_type == "cuda")
+        self.run_dir = Path(tc.run_dir)
+        self.tokens_per_step = tc.global_batch_size * config.data.seq_len
+        self.max_steps = tc.max_steps or math.ceil(tc.max_tokens / self.tokens_per_step)
+
+        torch.manual_seed(tc.seed)
+        with torch.device(self.device):
+            model = Transformer(config.model)
+        self.state = TrainState()
+        resume_from = ckpt.latest_revision(self.run_dir)
+        if resume_from is None and tc.load_path and tc.reset_trainer_state:
+            self._load_weights_only(model, tc.load_path)
+        self.raw_model = model
+        self.model = dist_utils.parallelize(
+            model, strategy="fsdp" if tc.distributed == "fsdp" else "ddp", device=self.device, bf16=self.bf16,
+            compile_blocks=tc.compile, activation_checkpointing=tc.activation_checkpointing,
+        )
+        self.optimizer = build_optimizer(self.model, config.optim)
+        if resume_from is None and tc.load_path and not tc.reset_trainer_state:
+            resume_from = ckpt.Revision(-1, Path(tc.load_path))
+        if resume_from is not None:
+            self._resume(resume_from.path)
+
+        self.train_data = config.data.build(tc.global_batch_size)
+        self.loader = self.train_data.loader(rank=self.rank, world_size=self.world_size,
+                                             pin_memory=device_type == "cuda")
+        if self.state.data:
+            self.loader.load_state_dict(self.state.data)
+        self.validation = config.data.build_validation_dataset()
+        self.evaluators = self._build_evaluators()
+        self.tokenizer = self._load_tokenizer()
+
+        self.sinks = MetricSinks(self.run_dir, enabled=self.rank == 0, wandb_project=tc.wandb_project,
+                                 tensorboard=tc.tensorboard, config=config.to_dict())
+        self.sinks.truncate_after(self.state.step)
+        self.spikes = SpikeDetector(tc.spike_window, tc.spike_sigmas)
+        for row in read_metrics(self.run_dir) if self.rank == 0 else []:
+            if "loss" in row:
+                self.spikes.recent.append(row["loss"])
+        self.throughput = Throughput(config.model.flops_per_token(config.data.seq_len),
+                                     peak_flops(self.device, tc.peak_flops), self.world_size)
+
+    # ------------------------------------------------------------------ setup helpers
+
+    def _load_weights_only(self, model: Transformer, path: str) -> None:
+        source = io.load_model(path, device=self.device)
+        if source.config.replace(name=model.config.name) != model.config:
+            raise UserError(f"{path}: its model config differs from this run's `model:` section")
+        model.load_state_dict(source.state_dict())
+
+    def _resume(self, path: Path) -> None:
+        saved = ckpt.load_checkpoint(path, model=self.model, optimizer=self.optimizer)
+        self.state = TrainState(step=saved["step"], tokens=saved["tokens"],
+                                skipped_steps=saved.get("skipped_steps", 0), data=saved["data"])
+        if saved.get("world_size") == self.world_size:
+            ckpt.restore_rng_state(path)
+        if self.rank == 0:
+            print(f"olmolab: resuming from {path} (step {self.state.step})", file=sys.stderr)
+
+    def _build_evaluators(self) -> list:
+        if self.config.eval is None:
+            return []
+        from olmolab.eval import build_evaluators
+        from olmolab.tokenizer import Tokenizer
+
+        if not self.config.trainer.tokenizer:
+            raise UserError("eval: in-loop downstream evaluation needs trainer.tokenizer (a tokenizer.json)")
+        return build_evaluators(self.config.eval, Tokenizer.from_file(self.config.trainer.tokenizer))
+
+    def _load_tokenizer(self):
+        if not self.config.trainer.tokenizer:
+            return None
+        from olmolab.tokenizer import Tokenizer
+
+        return Tokenizer.from_file(self.config.trainer.tokenizer)
+
+    def _autocast(self):
+        if self.bf16 and self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    # ------------------------------------------------------------------ the loop
+
+    def fit(self) -> dict:
+        tc = self.config.trainer
+        if self.rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
+        bar = tqdm(total=self.max_steps, initial=self.state.step, disable=self.rank != 0 or not tc.progress,
+                   unit="step", dynamic_ncols=True)
+        batches = iter(self.loader)
+        last_row: dict = {}
+        self.throughput.resume()
+        try:
+            while self.state.step < self.max_steps:
+                row = self.train_step(next(batches))
+                self.state.step += 1
+                self.state.tokens += self.tokens_per_step
+                bar.update(1)
+                if self.state.step % tc.log_interval == 0 or self.state.step == self.max_steps:
+                    row |= self.throughput.report()
+                    last_row = self._log(row, bar)
+                if tc.eval_interval and self.state.step % tc.eval_interval == 0 and self.state.step < self.max_steps:
+                    self._evaluate()
+                if tc.save_interval and self.state.step % tc.save_interval == 0:
+                    self._save()
+            if not tc.save_interval or self.state.step % tc.save_interval:
+                self._save()
+            last_row |= self._evaluate()
+        finally:
+            bar.close()
+            self.sinks.close()
+        return last_row
+
+    def train_step(self, batch: dict) -> dict:
+        tc = self.config.trainer
+        input_ids = batch["input_ids"].to(self.device, non_blocking=True)
+        label_mask = batch.get("label_mask")
+        labels = make_labels(input_ids, label_mask.to(self.device) if label_mask is not None else None)
+        global_count = dist_utils.all_reduce_sum((labels != IGNORE_INDEX).sum().float())
+        # Each rank's loss is scaled so that DDP/FSDP's gradient *average* over ranks gives the
+        # gradient of the global mean.
+        div = global_count.clamp(min=1) / self.world_size
+        t = self.state.step if self.config.scheduler.units == "steps" else self.state.tokens
+        lr = lr_at(t, self.config.optim.lr, self.config.scheduler, self._t_max())
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+        ce_sum = torch.zeros((), device=self.device)
+        z_sum = torch.zeros((), device=self.device)
+        micro = self.config.trainer.micro_batch_size
+        for i in range(self.accum_steps):
+            last = i == self.accum_steps - 1
+            with dist_utils.set_gradient_sync(self.model, last), self._autocast():
+                out = self.model(input_ids[i * micro:(i + 1) * micro], labels[i * micro:(i + 1) * micro],
+                                 z_loss_multiplier=tc.z_loss_multiplier, loss_div_factor=div)
+                out.loss.backward()
+            ce_sum += out.ce_loss
+            z_sum += out.z_loss
+
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.max_grad_norm or math.inf)
+        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+        losses = dist_utils.all_reduce_sum(torch.stack([ce_sum, z_sum])) / self.world_size
+        ce, z, norm = losses[0].item(), losses[1].item(), grad_norm.item()
+        skipped = not (math.isfinite(ce) and math.isfinite(z) and math.isfinite(norm))
+        if skipped:  # never train on a non-finite loss or gradient
+            self.state.skipped_steps += 1
+            if self.rank == 0:
+                tqdm.write(f"olmolab: step {self.state.step + 1}: non-finite loss {ce} or grad norm {norm}; "
+                           f"step skipped ({self.state.skipped_steps} so far)", file=sys.stderr)
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.throughput.add(self.tokens_per_step)
+        return {"loss": ce + z, "ce_loss": ce, "z_loss": z, "grad_norm": norm, "lr": lr,
+                "skipped_steps": self.state.skipped_steps}
+
+    def _t_max(self) -> float:
+        sc = self.config.scheduler
+        if sc.t_max is not None:
+            return sc.t_max
+        return self.max_steps if sc.units == "steps" else self.max_steps * self.tokens_per_step
+
+    def _log(self, row: dict, bar) -> dict:
+        row = {"step": self.state.step, "tokens": self.state.tokens} | row
+        if self.rank == 0 and math.isfinite(row["loss"]) and self.spikes.is_spike(row["loss"]):
+            row["loss_spike"] = True
+            tqdm.write(f"olmolab: loss spike at step {self.state.step}: {row['loss']:.4f}", file=sys.stderr)
+        self.sinks.log(row)
+        eta = (self.max_steps - self.state.step) * self.tokens_per_step / max(row["tokens_per_s"], 1e-9)
+        bar.set_postfix_str(f"loss {row['loss']:.4f} | {row['tokens_per_s']:,.0f} tok/s | "
+                            f"MFU {row['mfu']:.1%} | ETA {_duration(eta)}", refresh=False)
+        return row
+
+    # ------------------------------------------------------------------ evaluation and saving
+
+    def _evaluate(self) -> dict:
+        self.throughput.pause()
+        results: dict = {}
+        if self.validation is not None:
+            results |= self.validation_metrics()
+        model = dist_utils.unwrap(self.model)
+        for evaluator in self.evaluators:
+            with self._autocast():
+                results |= evaluator.evaluate(model)
+        if results:
+            self.sinks.log({"step": self.state.step, "tokens": self.state.tokens} | results)
+            if self.rank == 0 and self.config.trainer.progress:
+                shown = ", ".join(f"{k.split('/', 1)[-1]} {v:.4f}" for k, v in results.items())
+                tqdm.write(f"step {self.state.step}: {shown}")
+        self.throughput.resume()
+        return results
+
+    @torch.no_grad()
+    def validation_metrics(self) -> dict:
+        """Loss, perplexity and bits-per-byte over the held-out instances (all ranks share the work)."""
+        self.model.eval()
+        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        counts = torch.zeros(2, device=self.device, dtype=torch.float64)  # tokens, bytes
+        batches = validation_batches(self.validation, self.config.trainer.micro_batch_size,
+                                     rank=self.rank, world_size=self.world_size)
+        for i, batch in enumerate(batches):
+            if self.config.trainer.eval_batches is not None and i >= self.config.trainer.eval_batches:
+                break
+            ids = batch["input_ids"].to(self.device)
+            labels = make_labels(ids)
+            with self._autocast():
+                out = self.model(ids, labels, loss_div_factor=1.0)
+            loss_sum += out.ce_loss.double()
+            counts[0] += (labels != IGNORE_INDEX).sum()
+            counts[1] += self._target_bytes(labels)
+        self.model.train()
+        dist_utils.all_reduce_sum(loss_sum)
+        dist_utils.all_reduce_sum(counts)
+        tokens, n_bytes = counts.tolist()
+        loss = loss_sum.item() / max(tokens, 1)
+        metrics = {"eval/validation/CrossEntropyLoss": loss, "eval/validation/Perplexity": math.exp(min(loss, 50))}
+        if n_bytes:
+            metrics["eval/validation/BitsPerByte"] = loss_sum.item() / n_bytes / math.log(2)
+        return metrics
+
+    def _target_bytes(self, labels: torch.Tensor) -> int:
+        if self.tokenizer is None:
+            return 0
+        return sum(len(self.tokenizer.decode(row[row != IGNORE_INDEX].tolist()).encode("utf-8"))
+                   for row in labels.cpu())
+
+    def _save(self) -> None:
+        self.throughput.pause()
+        tc = self.config.trainer
+        train_state = {"step": self.state.step, "tokens": self.state.tokens, "skipped_steps": self.state.skipped_steps,
+                       "world_size": self.world_size, "data": self.loader.state_dict(), "time": time.time()}
+        ckpt.save_checkpoint(self.run_dir, model=self.model, optimizer=self.optimizer, train_state=train_state,
+                             run_config=self.config.to_dict(), tokenizer_path=tc.tokenizer)
+        ckpt.prune(self.run_dir, tc.keep_last, tc.permanent_interval)
+        self.throughput.resume()
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def train(config: RunConfig) -> dict:
+    """Run (or resume) the training described by `config`; returns the last logged metrics."""
+    trainer = Trainer(config)
+    try:
+        return trainer.fit()
+    finally:
+        dist_utils.shutdown()

@@ -1,0 +1,68 @@
+"""Run configs: typed, validated, overridable from the command line, errors that say what to do."""
+
+import pytest
+
+from olmolab.config import RunConfig, load_run_config
+from olmolab.errors import UserError
+from olmolab.train.cli import split_overrides
+
+
+def test_dotted_overrides_win_over_the_file_and_are_typed(tiny_run):
+    path, _ = tiny_run()
+    config = load_run_config(path, ["optim.lr=3e-4", "trainer.max_steps=9", "optim.betas=[0.9, 0.99]"])
+    assert config.optim.lr == 3e-4 and isinstance(config.optim.lr, float)
+    assert config.trainer.max_steps == 9
+    assert config.optim.betas == (0.9, 0.99)
+
+
+def test_unknown_key_lists_the_keys_that_exist(tiny_run):
+    path, _ = tiny_run()
+    with pytest.raises(UserError, match=r"optim: unknown key\(s\) \['learning_rate'\].*lr, betas, eps"):
+        load_run_config(path, ["optim.learning_rate=1e-3"])
+
+
+def test_wrong_type_says_what_was_expected(tiny_run):
+    path, _ = tiny_run()
+    with pytest.raises(UserError, match=r"trainer.max_steps: expected an integer, got 'many'"):
+        load_run_config(path, ["trainer.max_steps=many"])
+
+
+def test_batch_that_does_not_split_into_micro_batches_says_what_to_change(tiny_run):
+    path, _ = tiny_run(global_batch_size=6, micro_batch_size=4)
+    config = load_run_config(path)
+    with pytest.raises(UserError, match=r"global_batch_size=6 is not divisible by micro_batch_size \(4\) x world "
+                                        r"size \(2\) = 8; make it a multiple of 8"):
+        config.trainer.check_batch(world_size=2)
+
+
+def test_sequence_longer_than_the_model_context_is_refused(tiny_run):
+    path, _ = tiny_run()
+    with pytest.raises(UserError, match=r"data.seq_len=64 is longer than model.max_seq_len=32"):
+        load_run_config(path, ["data.seq_len=64"])
+
+
+def test_model_section_takes_a_preset_with_overrides(tiny_run):
+    path, _ = tiny_run()
+    config = load_run_config(path, ["model.n_layers=3"])
+    assert config.model.name == "olmo2-tiny" and config.model.n_layers == 3
+
+
+def test_resolved_config_round_trips(tiny_run):
+    path, _ = tiny_run()
+    config = load_run_config(path, ["optim.lr=1e-3"])
+    again = RunConfig.from_dict(config.to_dict())
+    assert again.to_dict() == config.to_dict()
+
+
+def test_cli_flags_become_overrides():
+    assert split_overrides(["--optim.lr=1e-3", "--load-path", "ckpt", "--reset-trainer-state"]) == [
+        "optim.lr=1e-3", "trainer.load_path=ckpt", "trainer.reset_trainer_state=true"]
+    with pytest.raises(UserError, match="overrides look like --section.key=value"):
+        split_overrides(["--lr", "1e-3"])
+
+
+def test_invalid_yaml_names_file_and_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  preset: olmo2-tiny\n data: [\n")
+    with pytest.raises(UserError, match=r"bad.yaml:\d+: not valid YAML"):
+        load_run_config(bad)

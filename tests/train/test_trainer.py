@@ -1,0 +1,171 @@
+"""The trainer: exact resume after a kill, atomic revisions, skipped non-finite steps, label masks."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from olmolab import io
+from olmolab.config import load_run_config
+from olmolab.errors import UserError
+from olmolab.train.checkpoint import format_tokens, list_revisions, revision_name
+from olmolab.train.metrics import read_metrics
+from olmolab.train.trainer import Trainer, make_labels
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def olmolab_cmd(*args):
+    return [sys.executable, "-m", "olmolab", *map(str, args)]
+
+
+def run_env():
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
+
+
+def losses(run_dir):
+    return [(r["step"], r["loss"], r["grad_norm"]) for r in read_metrics(run_dir) if "loss" in r]
+
+
+def final_weights(run_dir):
+    return (list_revisions(run_dir)[-1].path / "model.safetensors").read_bytes()
+
+
+def test_revisions_are_named_like_olmo():
+    assert revision_name(1000, 4_194_304_000) == "step1000-tokens4B"
+    assert format_tokens(2_460_000_000_000) == "2T" and format_tokens(12_582_912) == "13M"
+
+
+def test_resume_after_kill_is_bitwise_identical(tiny_run, tmp_path):
+    straight, _ = tiny_run("straight.yaml", run_dir=str(tmp_path / "straight"))
+    subprocess.run(olmolab_cmd("train", straight), check=True, env=run_env(), capture_output=True)
+
+    killed, _ = tiny_run("killed.yaml", run_dir=str(tmp_path / "killed"))
+    proc = subprocess.Popen(olmolab_cmd("train", killed), env=run_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not any(r.step >= 2 for r in list_revisions(tmp_path / "killed")) and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)  # mid-run, no chance to clean up
+    proc.wait()
+    assert list_revisions(tmp_path / "killed"), "the run was killed before its first checkpoint"
+    assert max(r.step for r in list_revisions(tmp_path / "killed")) < 6, "the run finished before the kill"
+    subprocess.run(olmolab_cmd("train", killed), check=True, env=run_env(), capture_output=True)
+
+    assert losses(tmp_path / "killed") == losses(tmp_path / "straight")
+    assert len(losses(tmp_path / "straight")) == 6
+    assert final_weights(tmp_path / "killed") == final_weights(tmp_path / "straight")
+
+
+def test_a_half_written_revision_is_not_a_revision(tiny_run, tmp_path):
+    path, _ = tiny_run(max_steps=2)
+    Trainer(load_run_config(path)).fit()
+    run_dir = tmp_path / "run"
+    (run_dir / ".tmp-step4-tokens512").mkdir()
+    (run_dir / "step6-tokens768").mkdir()  # a crash before train_state.json was written
+    assert [r.step for r in list_revisions(run_dir)] == [2]
+
+
+def test_keep_last_prunes_old_revisions_but_spares_permanent_ones(tiny_run, tmp_path):
+    path, _ = tiny_run(max_steps=6, save_interval=1, keep_last=2, permanent_interval=3)
+    Trainer(load_run_config(path)).fit()
+    assert [r.step for r in list_revisions(tmp_path / "run")] == [3, 5, 6]
+
+
+def test_checkpoint_holds_what_is_needed_to_inspect_and_reproduce(tiny_run, tmp_path):
+    path, _ = tiny_run(max_steps=2)
+    Trainer(load_run_config(path, ["optim.lr=1e-3"])).fit()
+    revision = list_revisions(tmp_path / "run")[-1].path
+    assert revision.name == "step2-tokens256"
+    state = json.loads((revision / "train_state.json").read_text())
+    assert state["step"] == 2 and state["tokens"] == 2 * 4 * 32
+    assert state["data"]["data_state"]["batch_index"] == 2
+    config = json.loads((revision / "config.json").read_text())
+    assert config["optim"]["lr"] == 1e-3  # the override, not the file's value
+    model, _ = io.load(revision)
+    assert model.config.n_layers == 2
+
+
+def test_non_finite_loss_skips_the_step_and_counts_it(tiny_run):
+    path, _ = tiny_run(max_steps=3)
+    trainer = Trainer(load_run_config(path))
+    with torch.no_grad():
+        trainer.raw_model.blocks[0].feed_forward.w_out.weight[0, 0] = float("nan")
+    before = trainer.raw_model.lm_head.weight.clone()
+    row = trainer.train_step(next(iter(trainer.loader)))
+    assert row["skipped_steps"] == 1 and not np.isfinite(row["loss"])
+    torch.testing.assert_close(trainer.raw_model.lm_head.weight, before, rtol=0, atol=0)
+
+
+def test_labels_shift_by_one_and_honour_the_label_mask():
+    ids = torch.tensor([[10, 11, 12, 13, 14]])
+    mask = torch.tensor([[True, False, False, True, True]])
+    assert make_labels(ids).tolist() == [[11, 12, 13, 14, -100]]
+    assert make_labels(ids, mask).tolist() == [[-100, -100, 13, 14, -100]]
+
+
+def test_fine_tuning_starts_from_a_checkpoint_with_fresh_trainer_state(tiny_run, tmp_path):
+    path, _ = tiny_run(max_steps=4)
+    Trainer(load_run_config(path)).fit()
+    base = list_revisions(tmp_path / "run")[-1].path
+    mask = np.zeros(64 * 32, dtype=np.bool_)
+    mask[::2] = True  # learn only every other token
+    mask.tofile(tmp_path / "train.mask.npy")
+    sft = load_run_config(path, [f"trainer.run_dir={tmp_path / 'sft'}", f"trainer.load_path={base}",
+                                 "trainer.reset_trainer_state=true", "trainer.max_steps=1",
+                                 f"data.label_mask_paths=[{tmp_path / 'train.mask.npy'}]"])
+    trainer = Trainer(sft)
+    assert trainer.state.step == 0
+    loaded, _ = io.load(base)
+    torch.testing.assert_close(trainer.raw_model.lm_head.weight, loaded.lm_head.weight)
+    batch = next(iter(trainer.loader))
+    assert batch["label_mask"].float().mean() == 0.5
+    trainer.fit()
+    assert [r.step for r in list_revisions(tmp_path / "sft")] == [1]
+
+
+def test_loading_a_checkpoint_of_another_architecture_is_refused(tiny_run, tmp_path):
+    path, _ = tiny_run(max_steps=1)
+    Trainer(load_run_config(path)).fit()
+    base = list_revisions(tmp_path / "run")[-1].path
+    other = load_run_config(path, [f"trainer.run_dir={tmp_path / 'other'}", f"trainer.load_path={base}",
+                                   "trainer.reset_trainer_state=true", "model.n_layers=3"])
+    with pytest.raises(UserError, match="model config differs"):
+        Trainer(other)
+
+
+def test_validation_reports_loss_perplexity_and_metrics_file(tiny_run, tmp_path):
+    path, _ = tiny_run(max_steps=2, eval_interval=1)
+    final = Trainer(load_run_config(path)).fit()
+    assert final["eval/validation/Perplexity"] == pytest.approx(np.exp(final["eval/validation/CrossEntropyLoss"]))
+    rows = read_metrics(tmp_path / "run")
+    assert {"loss", "z_loss", "grad_norm", "lr", "tokens", "tokens_per_s", "mfu"} <= set(rows[0])
+    assert sum("eval/validation/CrossEntropyLoss" in r for r in rows) == 2
+
+
+def test_checkpoints_command_lists_revisions(tiny_run, tmp_path, capsys):
+    from olmolab.cli import main
+
+    path, _ = tiny_run(max_steps=4)
+    Trainer(load_run_config(path)).fit()
+    assert main(["checkpoints", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert "step2-tokens256" in out and "step4-tokens512" in out
+
+
+def test_training_reduces_the_loss(tiny_run, tmp_path):
+    path, raw = tiny_run(max_steps=12, save_interval=None)
+    raw["data"]["paths"] = [str(tmp_path / "repeat.npy")]
+    np.tile(np.arange(2, 34, dtype=np.uint16), 64).tofile(tmp_path / "repeat.npy")  # a learnable pattern
+    path.write_text(yaml.safe_dump(raw))
+    Trainer(load_run_config(path)).fit()
+    curve = [loss for _, loss, _ in losses(tmp_path / "run")]
+    assert curve[-1] < 0.75 * curve[0]
