@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from olmolab.errors import UserError
@@ -86,8 +87,9 @@ def _train(args) -> int:
         if distributed.rank() == 0:
             run_prepare(config.prepare, progress=config.trainer.progress)
     final = train(config)
-    shown = {k: round(v, 4) for k, v in final.items() if isinstance(v, float)}
-    print(f"done: {config.trainer.run_dir} step {final.get('step')}: {json.dumps(shown)}")
+    if int(os.environ.get("RANK", 0)) == 0:  # the process group is gone by now; torchrun's env is not
+        shown = {k: round(v, 4) for k, v in final.items() if isinstance(v, float)}
+        print(f"done: {config.trainer.run_dir} step {final.get('step')}: {json.dumps(shown)}")
     return 0
 
 
