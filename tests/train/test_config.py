@@ -3,6 +3,7 @@
 import pytest
 
 from olmolab.config import RunConfig, load_run_config
+from tests.conftest import REPO_ROOT
 from olmolab.errors import UserError
 from olmolab.train.cli import split_overrides
 
@@ -66,3 +67,20 @@ def test_invalid_yaml_names_file_and_line(tmp_path):
     bad.write_text("model:\n  preset: olmo2-tiny\n data: [\n")
     with pytest.raises(UserError, match=r"bad.yaml:\d+: not valid YAML"):
         load_run_config(bad)
+
+
+CONFIGS = sorted((REPO_ROOT / "configs").rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_every_shipped_recipe_loads_and_validates(path):
+    config = load_run_config(path)
+    assert config.trainer.run_dir.startswith("runs/")
+
+
+def test_official_recipes_carry_the_published_hyperparameters():
+    olmo2 = load_run_config(REPO_ROOT / "configs/official/olmo2-7b-stage1.yaml")
+    assert (olmo2.optim.lr, olmo2.optim.eps, olmo2.trainer.global_batch_size, olmo2.data.seq_len) == (3e-4, 1e-8, 1024, 4096)
+    anneal = load_run_config(REPO_ROOT / "configs/official/olmo2-7b-stage2.yaml")
+    assert (anneal.scheduler.name, anneal.scheduler.alpha_f, anneal.scheduler.units) == ("linear", 0.0, "tokens")
+    assert anneal.trainer.reset_trainer_state and anneal.trainer.load_path.endswith("step928646-tokens3896B")

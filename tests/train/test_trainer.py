@@ -169,3 +169,13 @@ def test_training_reduces_the_loss(tiny_run, tmp_path):
     Trainer(load_run_config(path)).fit()
     curve = [loss for _, loss, _ in losses(tmp_path / "run")]
     assert curve[-1] < 0.75 * curve[0]
+
+
+def test_plot_writes_a_png_of_the_curves(tiny_run, tmp_path):
+    pytest.importorskip("matplotlib")
+    from olmolab.cli import main
+
+    path, _ = tiny_run(max_steps=2, eval_interval=1)
+    Trainer(load_run_config(path)).fit()
+    assert main(["plot", str(tmp_path / "run"), "--out", str(tmp_path / "curves.png")]) == 0
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
