@@ -20,6 +20,7 @@ from common import BENCH_BATCH, BENCH_MODEL, BENCH_SEQ_LEN, interleaved_medians,
 
 from olmolab import Transformer
 from olmolab.convert import hf
+from olmolab.train.optim import OptimConfig, build_optimizer
 
 
 def olmolab_step(model, optimizer, ids, labels):
@@ -43,8 +44,8 @@ def transformers_step(model, optimizer, ids):
 
 
 def adamw(model):
-    return torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1,
-                             foreach=True)
+    """The trainer's AdamW (fused where torch has the kernel), given to both sides alike."""
+    return build_optimizer(model, OptimConfig(lr=1e-4))
 
 
 def main() -> None:
