@@ -64,15 +64,18 @@ class RotaryEmbedding(nn.Module):
         self.head_dim, self.max_seq_len, self.theta = head_dim, max_seq_len, theta
         self._tables: tuple[Tensor, Tensor] | None = None
 
+    @torch.inference_mode(False)  # tables first built while generating must still serve training
+    @torch.no_grad()
     def _build(self, device: torch.device) -> tuple[Tensor, Tensor]:
         hd = self.head_dim
         inv_freq = 1.0 / self.theta ** (torch.arange(0, hd, 2, dtype=torch.float32, device=device) / hd)
         angles = torch.outer(torch.arange(self.max_seq_len, dtype=torch.float32, device=device), inv_freq)
-        angles = torch.cat([angles, angles], dim=-1)  # (max_seq_len, head_dim)
-        return angles.cos(), angles.sin()
+        cos, sin = angles.cos(), angles.sin()  # (max_seq_len, head_dim / 2)
+        # rotate_half(x) * sin == swap_halves(x) * [-sin, sin]: the sign lives in the table.
+        return torch.cat([cos, cos], dim=-1), torch.cat([-sin, sin], dim=-1)
 
     def tables(self, positions: Tensor | None, start: int, length: int, device) -> tuple[Tensor, Tensor]:
-        """cos and sin for the given positions: (T, 1, hd) from a range, or (B, T, 1, hd)."""
+        """cos and signed sin for the given positions: (T, 1, hd) from a range, or (B, T, 1, hd)."""
         if self._tables is None or self._tables[0].device != device:
             self._tables = self._build(device)
         cos, sin = self._tables
@@ -86,11 +89,12 @@ class RotaryEmbedding(nn.Module):
         return cos[positions][:, :, None, :], sin[positions][:, :, None, :]
 
 
-def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """x: (B, T, heads, hd). Rotates each (x_i, x_{i+hd/2}) pair by the position's angle."""
-    x1, x2 = x.chunk(2, dim=-1)
-    rotated = torch.cat([-x2, x1], dim=-1)
-    return (x.float() * cos + rotated.float() * sin).to(x.dtype)
+def apply_rotary(x: Tensor, cos: Tensor, signed_sin: Tensor) -> Tensor:
+    """x: (B, T, heads, hd). Rotates each (x_i, x_{i+hd/2}) pair by the position's angle:
+    x * cos + rotate_half(x) * sin, with rotate_half(x) = [-x2, x1] and its sign in `signed_sin`."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    swapped = torch.cat([x2, x1], dim=-1)
+    return torch.addcmul(x.float() * cos, swapped, signed_sin).to(x.dtype)
 
 
 @dataclass
