@@ -6,6 +6,7 @@ import argparse
 import json
 import re
 from dataclasses import asdict
+from pathlib import Path
 
 from olmolab.data.documents import TXT_SPLITS
 from olmolab.data.provenance import InstanceDocuments, documents_at_step, read_run, steps_with_document
@@ -129,7 +130,7 @@ def _add_inspect(commands) -> None:
     p.add_argument("--global-batch-size", type=int, help="instances per step (default: trainer.global_batch_size)")
     p.add_argument("--seq-len", type=int, help="override data.seq_len")
     p.add_argument("--until-step", type=int, help="with --document: last step to search (default: trainer.max_steps, else one epoch)")
-    p.add_argument("--tokenizer", help="decode previews with this tokenizer (default: show token ids)")
+    p.add_argument("--tokenizer", help="decode previews with this tokenizer (default: the run's trainer.tokenizer, else token ids)")
     p.add_argument("--preview-chars", type=int, default=80, help="characters of each document preview (default 80)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(handler=_inspect)
@@ -150,7 +151,8 @@ def _inspect(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([asdict(i) for i in instances], indent=1))
         return 0
-    tokenizer = Tokenizer.from_file(args.tokenizer) if args.tokenizer else None
+    tokenizer_path = args.tokenizer or (run.tokenizer if run.tokenizer and Path(run.tokenizer).exists() else None)
+    tokenizer = Tokenizer.from_file(tokenizer_path) if tokenizer_path else None
     print(f"step {args.step}: {len(instances)} instances of {data.dataset.seq_len} tokens (seed {data.order.seed})")
     for position, instance in enumerate(instances):
         print(_describe_instance(position, instance, data, tokenizer, args.preview_chars))

@@ -109,6 +109,8 @@ class RunDescription:
     config: DataConfig
     global_batch_size: int
     max_steps: int | None = None
+    tokenizer: str | None = None
+    """The run's `trainer.tokenizer`, for decoding previews."""
 
     def build(self) -> TrainData:
         return self.config.build(self.global_batch_size)
@@ -139,7 +141,9 @@ def read_run(path: str | Path, *, global_batch_size: int | None = None, seq_len:
             "or pass --global-batch-size"
         )
     max_steps = trainer.get("max_steps")
-    return RunDescription(DataConfig.from_dict(data), batch_size, max_steps if isinstance(max_steps, int) else None)
+    tokenizer = trainer.get("tokenizer") if isinstance(trainer.get("tokenizer"), str) else None
+    return RunDescription(DataConfig.from_dict(data), batch_size, max_steps if isinstance(max_steps, int) else None,
+                          tokenizer)
 
 
 def _config_file(path: Path) -> Path:
