@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import torch
@@ -27,16 +28,27 @@ REVISION_PATTERN = re.compile(r"^(?:.*-)?step(\d+)(?:-tokens\d+[KMBT]?)?$")
 
 def save_model(model: Transformer, out_dir: str | Path, run_config: dict | None = None, tokenizer=None) -> Path:
     """Write weights, config and tokenizer; `run_config` is the full config the model was trained with."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    state = {k: t.detach().cpu().contiguous() for k, t in model.state_dict().items()}
-    if model.config.weight_tying:
-        state.pop("lm_head.weight")  # the same tensor as the embeddings
-    save_file(state, out / "model.safetensors", metadata={"format": "pt", "olmolab": "1"})
     config = dict(run_config or {})
     config["model"] = model.config.to_dict()
-    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    if tokenizer is not None:
+    return write_model_dir(model.state_dict(), config, out_dir, tokenizer)
+
+
+def write_model_dir(state: dict, run_config: dict, out_dir: str | Path, tokenizer=None) -> Path:
+    """The on-disk model directory from a full state dict and a config with a "model" section.
+
+    `tokenizer` is a tokenizer object (saved) or the path of a tokenizer.json (copied)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: t.detach().cpu().contiguous() for k, t in state.items()}
+    if run_config["model"].get("weight_tying"):
+        state.pop("lm_head.weight", None)  # the same tensor as the embeddings
+    # One metadata key only: safetensors keeps metadata in a hash map, and with two keys their
+    # order in the file (hence its bytes) would vary between two saves of the same weights.
+    save_file(state, out / "model.safetensors", metadata={"format": "pt"})
+    (out / "config.json").write_text(json.dumps(run_config, indent=2) + "\n")
+    if isinstance(tokenizer, str | Path):
+        shutil.copyfile(tokenizer, out / "tokenizer.json")
+    elif tokenizer is not None:
         tokenizer.save(out / "tokenizer.json")
     return out
 

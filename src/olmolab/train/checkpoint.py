@@ -28,7 +28,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed.checkpoint as dcp
-from safetensors.torch import save_file
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -36,6 +35,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
+from olmolab import io
 from olmolab.errors import UserError
 from olmolab.train import distributed as dist_utils
 
@@ -106,7 +106,7 @@ def save_checkpoint(
     (tmp / "rng").mkdir(exist_ok=True)
     torch.save(rng_state(), tmp / "rng" / f"rank{rank}.pt")
     if rank == 0:
-        _write_weights(full, tmp, run_config, tokenizer_path)
+        io.write_model_dir(full, run_config, tmp, tokenizer_path)
         (tmp / "train_state.json").write_text(json.dumps(train_state, indent=2) + "\n")
     dist_utils.barrier()
     if rank == 0:
@@ -115,16 +115,6 @@ def save_checkpoint(
         tmp.rename(final)
     dist_utils.barrier()
     return final
-
-
-def _write_weights(full_state: dict, out: Path, run_config: dict, tokenizer_path: str | None) -> None:
-    state = {k: t.detach().contiguous() for k, t in full_state.items()}
-    if run_config["model"].get("weight_tying"):
-        state.pop("lm_head.weight", None)  # shared with the embeddings
-    save_file(state, out / "model.safetensors", metadata={"format": "pt", "olmolab": "1"})
-    (out / "config.json").write_text(json.dumps(run_config, indent=2) + "\n")
-    if tokenizer_path:
-        shutil.copyfile(tokenizer_path, out / "tokenizer.json")
 
 
 def load_checkpoint(path: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> dict:
