@@ -3,9 +3,9 @@
 import pytest
 
 from olmolab.config import RunConfig, load_run_config
-from tests.conftest import REPO_ROOT
 from olmolab.errors import UserError
 from olmolab.train.cli import split_overrides
+from tests.conftest import REPO_ROOT
 
 
 def test_dotted_overrides_win_over_the_file_and_are_typed(tiny_run):

@@ -179,3 +179,20 @@ def test_plot_writes_a_png_of_the_curves(tiny_run, tmp_path):
     Trainer(load_run_config(path)).fit()
     assert main(["plot", str(tmp_path / "run"), "--out", str(tmp_path / "curves.png")]) == 0
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_in_loop_evaluation_logs_downstream_and_perplexity_metrics(tiny_run, tmp_path, shared_data):
+    from olmolab.tokenizer import train_bpe
+
+    wikitext = shared_data / "corpora" / "wikitext-2"
+    tokenizer = train_bpe([(wikitext / "valid.txt").read_text()[:100_000]], vocab_size=512)
+    tokenizer.save(tmp_path / "tokenizer.json")
+    path, raw = tiny_run(max_steps=2, eval_interval=1, tokenizer=str(tmp_path / "tokenizer.json"))
+    raw["eval"] = {"tasks": ["piqa"], "limit": 8, "data_dir": str(shared_data / "eval"), "batch_size": 8,
+                   "perplexity": [{"label": "wikitext", "path": str(wikitext / "test.txt"), "max_tokens": 2000}]}
+    path.write_text(yaml.safe_dump(raw))
+    Trainer(load_run_config(path)).fit()
+    evals = [r for r in read_metrics(tmp_path / "run") if "eval/downstream/piqa_acc" in r]
+    assert [r["step"] for r in evals] == [1, 2]
+    assert {"eval/wikitext/BitsPerByte", "eval/validation/BitsPerByte"} <= set(evals[-1])
+    assert 0 <= evals[-1]["eval/downstream/piqa_acc"] <= 1
