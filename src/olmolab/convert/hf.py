@@ -26,7 +26,6 @@ OLMo 1 has no norm weights at all (its LayerNorm is non-parametric).
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -207,20 +206,40 @@ def export(model: Transformer, out_dir: str | Path, tokenizer=None, dtype: torch
 
 
 def write_tokenizer(tokenizer, out: Path, config: ModelConfig) -> None:
-    """tokenizer.json plus the small files that let `AutoTokenizer.from_pretrained(out)` load it."""
-    if isinstance(tokenizer, str | Path):
-        shutil.copyfile(tokenizer, out / "tokenizer.json")
-    else:
-        tokenizer.save(out / "tokenizer.json")
+    """tokenizer.json plus the small files that let `AutoTokenizer.from_pretrained(out)` load it.
+
+    `tokenizer` is an `olmolab.tokenizer.Tokenizer` or a path to a tokenizer.json. It must fit the
+    model: no more tokens than embedding rows, and the model's EOS / PAD ids among its tokens.
+    """
     from tokenizers import Tokenizer as HFTokenizer
 
-    raw = HFTokenizer.from_file(str(out / "tokenizer.json"))
-    special = {
-        "eos_token": raw.id_to_token(config.eos_token_id),
-        "pad_token": raw.id_to_token(config.pad_token_id),
-    }
-    if config.bos_token_id is not None:
-        special["bos_token"] = raw.id_to_token(config.bos_token_id)
+    if isinstance(tokenizer, str | Path):
+        try:
+            raw = HFTokenizer.from_file(str(tokenizer))
+        except Exception as e:  # tokenizers raises plain Exception for missing or bad files
+            raise UserError(f"cannot load tokenizer {tokenizer}: {e}; pass a tokenizer.json file") from e
+        source = str(tokenizer)
+    else:
+        raw, source = tokenizer.hf, f"tokenizer {tokenizer.name}"
+    size = raw.get_vocab_size(with_added_tokens=True)
+    if size > config.embedding_size:
+        raise UserError(
+            f"{source}: has {size} tokens but the model's embedding has only {config.embedding_size} rows; "
+            f"this tokenizer does not belong to this model"
+        )
+    special = {}
+    for what in ("eos", "pad", "bos"):
+        token_id = getattr(config, f"{what}_token_id")
+        if token_id is None:
+            continue
+        token = raw.id_to_token(token_id) if 0 <= token_id < size else None
+        if token is None:
+            raise UserError(
+                f"{source}: the model's {what}_token_id {token_id} is not a token of this tokenizer "
+                f"(ids 0..{size - 1}); fix the model config or pass the model's own tokenizer"
+            )
+        special[f"{what}_token"] = token
+    raw.save(str(out / "tokenizer.json"))
     tokenizer_config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "model_max_length": config.max_seq_len,
