@@ -1,4 +1,4 @@
-"""What the benchmarks share: the bench model, thread settings, a robust timer, the peak anchor.
+"""What the benchmarks share: the bench model, thread settings and a robust timer.
 
 The machines are noisy, so every benchmark reports a *ratio* against an anchor measured in
 the same run, interleaving the two sides and taking medians.
@@ -43,10 +43,3 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], rounds: int, per_r
         for name, fn in fns.items():
             samples[name].append(median_time(fn, per_round))
     return {name: statistics.median(s) for name, s in samples.items()}
-
-
-def matmul_peak_flops(n: int = 2048, repeats: int = 5) -> float:
-    """Measured fp32 matmul FLOP/s of this machine right now: the denominator of MFU."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    return 2 * n**3 / median_time(lambda: a @ b, repeats)

@@ -16,10 +16,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import BENCH_BATCH, BENCH_MODEL, BENCH_SEQ_LEN, interleaved_medians, matmul_peak_flops, setup
+from common import BENCH_BATCH, BENCH_MODEL, BENCH_SEQ_LEN, interleaved_medians, setup
 
 from olmolab import Transformer
 from olmolab.convert import hf
+from olmolab.train.metrics import measure_matmul_flops
 from olmolab.train.optim import OptimConfig, build_optimizer
 
 
@@ -73,7 +74,7 @@ def main() -> None:
     }
     for step in steps.values():  # warm-up: allocator, AdamW state, compilation
         step(), step()
-    peak = matmul_peak_flops()
+    peak = measure_matmul_flops(n=2048)  # the trainer's own MFU denominator
     seconds = interleaved_medians(steps, rounds=args.rounds)
     tokens = BENCH_BATCH * BENCH_SEQ_LEN
     flops = BENCH_MODEL.flops_per_token(BENCH_SEQ_LEN) * tokens

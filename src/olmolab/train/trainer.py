@@ -96,8 +96,8 @@ class Trainer:
         if self.state.data:
             self.loader.load_state_dict(self.state.data)
         self.validation = config.data.build_validation_dataset()
-        self.evaluators = self._build_evaluators()
         self.tokenizer = self._load_tokenizer()
+        self.evaluators = self._build_evaluators()
 
         self.sinks = MetricSinks(self.run_dir, enabled=self.rank == 0, wandb_project=tc.wandb_project,
                                  tensorboard=tc.tensorboard, config=config.to_dict())
@@ -130,11 +130,10 @@ class Trainer:
         if self.config.eval is None:
             return []
         from olmolab.eval import build_evaluators
-        from olmolab.tokenizer import Tokenizer
 
-        if not self.config.trainer.tokenizer:
+        if self.tokenizer is None:
             raise UserError("eval: in-loop downstream evaluation needs trainer.tokenizer (a tokenizer.json)")
-        return build_evaluators(self.config.eval, Tokenizer.from_file(self.config.trainer.tokenizer))
+        return build_evaluators(self.config.eval, self.tokenizer)
 
     def _load_tokenizer(self):
         if not self.config.trainer.tokenizer:
