@@ -8,10 +8,12 @@ same docs from the raw Hugging Face rows and compare context, continuation and g
 import gzip
 import json
 import re
+from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
-from olmolab.eval.tasks import Request, TaskSpec, build_examples
+from olmolab.eval.tasks import Request, TaskSpec, build_examples, read_arrow_split
 from tests.eval.conftest import EVAL_DATA
 
 VARIANTS = {"rc_0shot": ("rc", 0), "rc_5shot": ("rc", 5), "mc_5shot": ("mc", 5)}
@@ -92,3 +94,57 @@ def test_formatting_reproduces_olmes_requests_exactly(eval_data, task, variant):
     # OLMES leaves out PMI's requests for multiple choice, BoolQ and WinoGrande; so do we.
     has_uncond = any(r["doc_id"] >= UNCOND_OFFSET for r in requests)
     assert any(e.uncond for e in examples) == has_uncond
+
+
+def write_arrow_split(split_dir: Path, rows: list[dict]) -> None:
+    """The `datasets.save_to_disk` layout that olmolab reads: an Arrow IPC stream."""
+    split_dir.mkdir(parents=True)
+    table = pa.Table.from_pylist(rows)
+    with pa.OSFile(str(split_dir / "data-00000-of-00001.arrow"), "wb") as sink:
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+
+
+@pytest.fixture(scope="module")
+def super_glue_root(eval_data, tmp_path_factory) -> Path:
+    """A data root whose BoolQ is super_glue/boolq, the titled source OLMES formats.
+
+    The shared data ships HF `boolq`, whose passages lack the "Title -- " prefix. OLMES's 0-shot
+    requests hold every validation doc (`idx` 0..3269, in order) with its titled passage, so the
+    super_glue rows can be rebuilt from them; the rebuilt rows are checked against HF `boolq`
+    (same questions, same answers, passages that differ only by the title).
+    """
+    root = tmp_path_factory.mktemp("data")
+    (root / "olmes").symlink_to(eval_data / "olmes")
+    (root / "hf").mkdir()
+    for entry in (eval_data / "hf").iterdir():
+        if entry.name != "super_glue":
+            (root / "hf" / entry.name).symlink_to(entry)
+    (root / "hf" / "super_glue").mkdir()
+    for entry in (eval_data / "hf" / "super_glue").iterdir():
+        (root / "hf" / "super_glue" / entry.name).symlink_to(entry)
+
+    docs = {r["doc"]["idx"]: r["doc"] for r in read_requests("boolq", "rc_0shot") if r["doc_id"] < UNCOND_OFFSET}
+    plain = read_arrow_split(eval_data / "hf" / "boolq" / "none" / "validation")
+    rows = []
+    for idx, hf_row in enumerate(plain):
+        passage, _, rest = docs[idx]["query"].rpartition("\nQuestion: ")
+        question = rest.removesuffix("?\nAnswer:")
+        says_yes = docs[idx]["gold"] == 0
+        assert (question, says_yes) == (hf_row["question"], hf_row["answer"])
+        assert re.fullmatch(r"[^\n]+ -- ", passage[: len(passage) - len(hf_row["passage"])])
+        rows.append({"question": question, "passage": passage, "idx": idx, "label": int(says_yes)})
+    write_arrow_split(root / "hf" / "super_glue" / "boolq" / "validation", rows)
+    return root
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_boolq_from_super_glue_reproduces_olmes_exactly(super_glue_root, variant):
+    formulation, shots = VARIANTS[variant]
+    requests = read_requests("boolq", variant)
+    n_docs = len({r["doc_id"] for r in requests})
+    examples = build_examples(TaskSpec("boolq", formulation, shots), super_glue_root, limit=n_docs)
+    for r in requests:
+        example = examples[r["doc_id"]]
+        theirs = Request(r["request"]["context"], r["request"]["continuation"])
+        assert (example.requests[r["idx"]], example.gold) == (theirs, r["label"]), r["doc_id"]

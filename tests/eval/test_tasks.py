@@ -1,6 +1,8 @@
 """Reading the benchmarks' files and turning rows into prompts (beyond the OLMES parity test)."""
 
 import random
+import sys
+import types
 
 import pytest
 
@@ -14,6 +16,7 @@ from olmolab.eval.tasks import (
     get_task,
     hellaswag_clean,
     parse_task_list,
+    read_arrow_split,
     resolve_data_dir,
     subsample,
 )
@@ -53,6 +56,36 @@ def test_missing_task_files_name_the_expected_path_and_how_to_get_them(tmp_path)
     message = str(e.value)
     assert str(tmp_path / "hf" / "piqa" / "plain_text" / "validation") in message
     assert "load_dataset('piqa', 'plain_text', split='validation').save_to_disk(" in message
+    assert "`datasets` library is not installed" in message
+
+
+class FakeHub:
+    """Stands in for `datasets`: serves PIQA's rows the way `load_dataset(...).to_list()` does."""
+
+    def __init__(self, rows, fail_with=None):
+        self.rows, self.fail_with, self.calls = rows, fail_with, []
+
+    def load_dataset(self, path, name=None, split=None):
+        self.calls.append((path, name, split))
+        if self.fail_with:
+            raise self.fail_with
+        return types.SimpleNamespace(to_list=lambda: [dict(r) for r in self.rows])
+
+
+def test_missing_task_files_are_fetched_through_datasets_where_it_can_reach_a_hub(eval_data, tmp_path, monkeypatch):
+    local = build_examples(TaskSpec("piqa"), eval_data, limit=20)
+    hub = FakeHub(read_arrow_split(eval_data / "hf" / "piqa" / "plain_text" / "validation"))
+    monkeypatch.setitem(sys.modules, "datasets", hub)
+    assert build_examples(TaskSpec("piqa"), tmp_path, limit=20) == local
+    assert hub.calls == [("piqa", "plain_text", "validation")]
+
+
+def test_an_unreachable_hub_is_reported_with_the_expected_path(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", FakeHub([], fail_with=ConnectionError("offline")))
+    with pytest.raises(UserError) as e:
+        build_examples(TaskSpec("piqa"), tmp_path)
+    assert "ConnectionError: offline" in str(e.value)
+    assert str(tmp_path / "hf" / "piqa" / "plain_text" / "validation") in str(e.value)
 
 
 def test_missing_fewshot_file_is_a_clear_error(eval_data, tmp_path):

@@ -121,16 +121,32 @@ class HFSource:
         )
 
 
+def load_from_hub(source: HFSource) -> list[dict]:
+    """The split through `datasets.load_dataset`, where that library is installed and a hub reachable."""
+    import datasets  # optional: only needed where the files are not on disk
+
+    return datasets.load_dataset(source.path, source.name, split=source.split).to_list()
+
+
 def load_split(task: str, sources: tuple[HFSource, ...], data_dir: Path) -> list[dict]:
-    """Rows from the first source present; a clear error naming the expected path otherwise."""
+    """Rows from the first source on disk, else from the hub; a clear error naming the expected path."""
     for source in sources:
         found = source.locate(data_dir)
         if found is not None:
             return read_arrow_split(found)
+    hub_failures = []
+    for source in sources:
+        try:
+            return load_from_hub(source)
+        except ImportError:
+            hub_failures = ["the `datasets` library is not installed"]
+            break
+        except Exception as e:  # network, auth, unknown dataset: report them all below
+            hub_failures.append(f"{source.path}/{source.name or ''}: {type(e).__name__}: {e}")
     first = sources[0]
     raise UserError(
-        f"{task}: no data at {data_dir / 'hf' / first.relative_dir}/data-00000-of-00001.arrow; "
-        + first.how_to_get(data_dir)
+        f"{task}: no data at {data_dir / 'hf' / first.relative_dir}/data-00000-of-00001.arrow, and the "
+        f"hub could not be used ({'; '.join(hub_failures)}); " + first.how_to_get(data_dir)
     )
 
 
