@@ -59,6 +59,9 @@ to the terminal; --prompts-file generates in left-padded batches and writes one 
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
                    help="weights' dtype (bfloat16 is for CUDA; it is very slow on CPU)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the decode step: ~2x faster per token for a single prompt on CPU, "
+                        "after a one-off compilation of several seconds; worth it for long generations")
     p.set_defaults(handler=_generate)
 
 
@@ -69,7 +72,7 @@ def _generate(args) -> int:
 
     config = GenerationConfig(
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-        seed=args.seed, stop_at_eos=not args.ignore_eos,
+        seed=args.seed, stop_at_eos=not args.ignore_eos, compile=args.compile,
     )
     if args.batch_size < 1:
         raise UserError(f"--batch-size {args.batch_size} must be at least 1")

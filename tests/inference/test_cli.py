@@ -24,6 +24,8 @@ def test_generate_streams_the_greedy_continuation_of_one_prompt(checkpoint, toke
     model, _ = olmolab.load(checkpoint)
     expected = generate_text(model, tokenizer, ["To be"], GenerationConfig(max_new_tokens=12))[0]
     assert code == 0 and out == "To be" + expected + "\n"
+    compiled = run_cli(capsys, "generate", checkpoint, "--prompt", "To be", "--max-new-tokens", 12, "--compile")
+    assert compiled == (0, out, "")
 
 
 def test_generate_from_a_prompts_file_writes_one_json_line_per_prompt(checkpoint, tokenizer, tmp_path, capsys):

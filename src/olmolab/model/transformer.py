@@ -74,11 +74,13 @@ class RotaryEmbedding(nn.Module):
         # rotate_half(x) * sin == swap_halves(x) * [-sin, sin]: the sign lives in the table.
         return torch.cat([cos, cos], dim=-1), torch.cat([-sin, sin], dim=-1)
 
-    def tables(self, positions: Tensor | None, start: int, length: int, device) -> tuple[Tensor, Tensor]:
+    def tables(self, positions: Tensor | None, start: int | Tensor, length: int, device) -> tuple[Tensor, Tensor]:
         """cos and signed sin for the given positions: (T, 1, hd) from a range, or (B, T, 1, hd)."""
         if self._tables is None or self._tables[0].device != device:
             self._tables = self._build(device)
         cos, sin = self._tables
+        if positions is None and isinstance(start, Tensor):  # a static cache's fill level
+            positions = (start + torch.arange(length, device=device))[None]
         if positions is None:
             if start + length > self.max_seq_len:
                 raise ValueError(
@@ -107,7 +109,10 @@ class KVCache:
 
     keys: list[Tensor]
     values: list[Tensor]
-    length: int = 0
+    length: int | Tensor = 0
+    """A 0-dim tensor instead of an int makes every decode step the same computation (what
+    torch.compile and CUDA graphs need): attention then reads the whole buffer, and the
+    caller's mask hides the slots not yet written (`write_cache`)."""
 
     @classmethod
     def allocate(cls, config: ModelConfig, batch_size: int, max_len: int, device=None, dtype=None) -> KVCache:
@@ -118,6 +123,25 @@ class KVCache:
     @property
     def max_len(self) -> int:
         return self.keys[0].shape[2]
+
+
+def write_cache(cache: tuple[Tensor, Tensor], k: Tensor, v: Tensor, start: int | Tensor) -> tuple[Tensor, Tensor]:
+    """Stores this step's keys and values at `start`; returns the keys and values to attend to.
+
+    With an int `start`, those are the filled prefix. With a tensor `start` (a compiled or
+    CUDA-graphed decode step, whose shapes may not change from step to step) they are the whole
+    buffer, and the caller's `attn_mask` hides the slots not yet written.
+    """
+    cache_k, cache_v = cache
+    T = k.shape[2]
+    if isinstance(start, Tensor):
+        slots = start + torch.arange(T, device=start.device)
+        cache_k.index_copy_(2, slots, k)
+        cache_v.index_copy_(2, slots, v)
+        return cache_k, cache_v
+    cache_k[:, :, start : start + T] = k
+    cache_v[:, :, start : start + T] = v
+    return cache_k[:, :, : start + T], cache_v[:, :, : start + T]
 
 
 class Attention(nn.Module):
@@ -138,7 +162,7 @@ class Attention(nn.Module):
         rope: tuple[Tensor, Tensor],
         mask: Tensor | None,
         cache: tuple[Tensor, Tensor] | None,
-        start: int,
+        start: int | Tensor,
     ) -> Tensor:
         B, T, _ = x.shape
         q, k, v = self.w_qkv(x).split([self.d_model, self.kv_dim, self.kv_dim], dim=-1)
@@ -151,10 +175,7 @@ class Attention(nn.Module):
         v = v.view(B, T, self.n_kv_heads, self.head_dim)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, heads, T, hd)
         if cache is not None:
-            cache_k, cache_v = cache
-            cache_k[:, :, start : start + T] = k
-            cache_v[:, :, start : start + T] = v
-            k, v = cache_k[:, :, : start + T], cache_v[:, :, : start + T]  # (B, nkv, S, hd)
+            k, v = write_cache(cache, k, v, start)  # (B, nkv, S, hd)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=mask is None and start == 0 and T > 1,
             enable_gqa=self.n_kv_heads != self.n_heads,
@@ -184,7 +205,7 @@ class Block(nn.Module):
         self.attention_norm = Norm(config.norm, config.d_model, config.norm_eps)
         self.feed_forward_norm = Norm(config.norm, config.d_model, config.norm_eps)
 
-    def forward(self, x: Tensor, rope, mask=None, cache=None, start: int = 0) -> Tensor:
+    def forward(self, x: Tensor, rope, mask=None, cache=None, start: int | Tensor = 0) -> Tensor:
         if self.norm_placement == "pre":  # OLMo 1: normalise what goes into each sub-layer
             h = x + self.attention(self.attention_norm(x), rope, mask, cache, start)
             return h + self.feed_forward(self.feed_forward_norm(h))
