@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from olmolab.model.config import ModelConfig
 from olmolab.model.loss import LMLoss, linear_cross_entropy
+from olmolab.model.ops import rms_norm, rotary
 
 
 class Norm(nn.Module):
@@ -43,13 +44,9 @@ class Norm(nn.Module):
         self.weight = nn.Parameter(torch.ones(size)) if kind == "rmsnorm" else None
 
     def forward(self, x: Tensor) -> Tensor:
-        dtype = x.dtype
-        x = x.float()
         if self.kind == "rmsnorm":
-            x = F.rms_norm(x, (self.size,), self.weight.float(), self.eps)
-        else:
-            x = F.layer_norm(x, (self.size,), None, None, self.eps)
-        return x.to(dtype)
+            return rms_norm(x, self.weight, self.eps)  # F.rms_norm with a leaner backward (ops.py)
+        return F.layer_norm(x.float(), (self.size,), None, None, self.eps).to(x.dtype)
 
 
 class RotaryEmbedding(nn.Module):
@@ -70,12 +67,10 @@ class RotaryEmbedding(nn.Module):
         hd = self.head_dim
         inv_freq = 1.0 / self.theta ** (torch.arange(0, hd, 2, dtype=torch.float32, device=device) / hd)
         angles = torch.outer(torch.arange(self.max_seq_len, dtype=torch.float32, device=device), inv_freq)
-        cos, sin = angles.cos(), angles.sin()  # (max_seq_len, head_dim / 2)
-        # rotate_half(x) * sin == swap_halves(x) * [-sin, sin]: the sign lives in the table.
-        return torch.cat([cos, cos], dim=-1), torch.cat([-sin, sin], dim=-1)
+        return angles.cos(), angles.sin()  # (max_seq_len, head_dim / 2): one angle per feature pair
 
     def tables(self, positions: Tensor | None, start: int | Tensor, length: int, device) -> tuple[Tensor, Tensor]:
-        """cos and signed sin for the given positions: (T, 1, hd) from a range, or (B, T, 1, hd)."""
+        """cos and sin for the given positions: (T, 1, hd / 2) from a range, or (B, T, 1, hd / 2)."""
         if self._tables is None or self._tables[0].device != device:
             self._tables = self._build(device)
         cos, sin = self._tables
@@ -89,14 +84,6 @@ class RotaryEmbedding(nn.Module):
                 )
             return cos[start : start + length, None, :], sin[start : start + length, None, :]
         return cos[positions][:, :, None, :], sin[positions][:, :, None, :]
-
-
-def apply_rotary(x: Tensor, cos: Tensor, signed_sin: Tensor) -> Tensor:
-    """x: (B, T, heads, hd). Rotates each (x_i, x_{i+hd/2}) pair by the position's angle:
-    x * cos + rotate_half(x) * sin, with rotate_half(x) = [-x2, x1] and its sign in `signed_sin`."""
-    x1, x2 = x.float().chunk(2, dim=-1)
-    swapped = torch.cat([x2, x1], dim=-1)
-    return torch.addcmul(x.float() * cos, swapped, signed_sin).to(x.dtype)
 
 
 @dataclass
@@ -170,8 +157,9 @@ class Attention(nn.Module):
             q, k, v = (t.clamp(-self.clip_qkv, self.clip_qkv) for t in (q, k, v))
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q = apply_rotary(q.view(B, T, self.n_heads, self.head_dim), *rope)  # (B, T, nh, hd)
-        k = apply_rotary(k.view(B, T, self.n_kv_heads, self.head_dim), *rope)  # (B, T, nkv, hd)
+        # RoPE rotates each (x_i, x_{i+hd/2}) feature pair by its position's angle (ops.py)
+        q = rotary(q.view(B, T, self.n_heads, self.head_dim), *rope)  # (B, T, nh, hd)
+        k = rotary(k.view(B, T, self.n_kv_heads, self.head_dim), *rope)  # (B, T, nkv, hd)
         v = v.view(B, T, self.n_kv_heads, self.head_dim)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, heads, T, hd)
         if cache is not None:

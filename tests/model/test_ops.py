@@ -1,0 +1,55 @@
+"""The hand-written RMSNorm and RoPE equal autograd's composites, values and gradients."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from olmolab.model.ops import rms_norm, rotary
+
+
+def composite_rotary(x, cos, sin):
+    """transformers' form: x * [cos, cos] + rotate_half(x) * [sin, sin]."""
+    x1, x2 = x.chunk(2, dim=-1)
+    cos, sin = torch.cat([cos, cos], dim=-1), torch.cat([sin, sin], dim=-1)
+    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+
+
+def values_and_grads(fn, *inputs):
+    inputs = [t.detach().clone().requires_grad_(t.is_floating_point()) for t in inputs]
+    out = fn(*inputs)
+    out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(1)))
+    return out.detach(), [t.grad for t in inputs if t.requires_grad]
+
+
+def test_rms_norm_matches_f_rms_norm_on_a_strided_view():
+    g = torch.Generator().manual_seed(0)
+    qkv = torch.randn(3, 5, 3 * 16, generator=g)
+    weight = torch.rand(16, generator=g) + 0.5
+    view_of = lambda fn: lambda t, w: fn(t[..., 16:32], w)  # noqa: E731  (like q out of a fused projection)
+    ours = values_and_grads(view_of(lambda t, w: rms_norm(t, w, 1e-6)), qkv, weight)
+    theirs = values_and_grads(view_of(lambda t, w: F.rms_norm(t, (16,), w, 1e-6)), qkv, weight)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_rotary_matches_rotate_half_and_is_a_rotation():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 7, 3, 8, generator=g)
+    angles = torch.rand(7, 1, 4, generator=g) * 6
+    cos, sin = angles.cos(), angles.sin()
+    ours = values_and_grads(lambda t: rotary(t, cos, sin), x)
+    theirs = values_and_grads(lambda t: composite_rotary(t, cos, sin), x)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(rotary(x, cos, sin).norm(dim=-1), x.norm(dim=-1))  # lengths kept
+
+
+@pytest.mark.parametrize("op", ["rms_norm", "rotary"])
+def test_bf16_inputs_are_computed_in_fp32_and_returned_in_bf16(op):
+    x = torch.randn(4, 2, 8)
+    if op == "rms_norm":
+        fn = lambda t: rms_norm(t, torch.ones(8), 1e-6)  # noqa: E731
+    else:
+        angles = torch.rand(4, 1, 4)
+        fn = lambda t: rotary(t, angles.cos(), angles.sin())  # noqa: E731
+    low = fn(x.bfloat16())
+    assert low.dtype == torch.bfloat16
+    torch.testing.assert_close(low.float(), fn(x.bfloat16().float()).bfloat16().float())
