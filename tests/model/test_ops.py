@@ -53,3 +53,22 @@ def test_bf16_inputs_are_computed_in_fp32_and_returned_in_bf16(op):
     low = fn(x.bfloat16())
     assert low.dtype == torch.bfloat16
     torch.testing.assert_close(low.float(), fn(x.bfloat16().float()).bfloat16().float())
+
+
+def test_compiled_blocks_train_like_eager_ones():
+    """Under torch.compile the ops take their plain formulas (for inductor to fuse): same loss, same gradients."""
+    from olmolab import ModelConfig, Transformer
+
+    torch.manual_seed(0)
+    eager = Transformer(ModelConfig.preset("olmo2-tiny"))
+    compiled = Transformer(ModelConfig.preset("olmo2-tiny"))
+    compiled.load_state_dict(eager.state_dict())
+    for block in compiled.blocks:
+        block.compile()
+    ids = torch.randint(0, 256, (2, 32), generator=torch.Generator().manual_seed(1))
+    for model in (eager, compiled):
+        model(ids, ids.roll(-1, dims=1), z_loss_multiplier=1e-4).loss.backward()
+    torch.testing.assert_close(
+        {n: p.grad for n, p in compiled.named_parameters()}, {n: p.grad for n, p in eager.named_parameters()},
+        rtol=1e-4, atol=1e-6,
+    )
