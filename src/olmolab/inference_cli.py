@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from olmolab.cli import add_command
 from olmolab.errors import UserError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -22,10 +23,7 @@ def register(subparsers) -> None:
 
 
 def _command(subparsers, name: str, help: str, examples: str) -> argparse.ArgumentParser:
-    return subparsers.add_parser(
-        name, help=help, description=help, epilog=f"examples:\n{examples}",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    return add_command(subparsers, name, help, help, f"examples:\n{examples}")
 
 
 # ---------------------------------------------------------------------- generate

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from olmolab.cli import add_command, add_command_group
 from olmolab.data.documents import TXT_SPLITS, expand_inputs, iter_documents
 from olmolab.tokenizer import Tokenizer, train_bpe
 
@@ -25,23 +26,16 @@ examples:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    group = subparsers.add_parser(
-        "tokenizer",
-        help="train or inspect a tokenizer",
-        description="Train a byte-level BPE tokenizer, or show what a tokenizer file holds.",
-        epilog="examples:\n  olmolab tokenizer train corpus/ --vocab-size 8192 --out tokenizer.json\n"
+    commands = add_command_group(
+        subparsers, "tokenizer", "train or inspect a tokenizer",
+        "Train a byte-level BPE tokenizer, or show what a tokenizer file holds.",
+        "examples:\n  olmolab tokenizer train corpus/ --vocab-size 8192 --out tokenizer.json\n"
         "  olmolab tokenizer info tokenizer.json\n\nRun `olmolab tokenizer COMMAND --help` for each command's options.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    commands = group.add_subparsers(dest="tokenizer_command", metavar="COMMAND")
-    group.set_defaults(handler=lambda args: group.print_help() or 2)
 
-    train = commands.add_parser(
-        "train",
-        help="train a byte-level BPE tokenizer with EOS and PAD",
-        description="Train a byte-level BPE tokenizer on documents and write tokenizer.json.",
-        epilog=TRAIN_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    train = add_command(
+        commands, "train", "train a byte-level BPE tokenizer with EOS and PAD",
+        "Train a byte-level BPE tokenizer on documents and write tokenizer.json.", TRAIN_EXAMPLES,
     )
     train.add_argument("inputs", nargs="+", metavar="FILES", help="document files, directories or globs")
     train.add_argument("--vocab-size", type=int, required=True, help="vocabulary size, special tokens included (>= 258)")
@@ -50,12 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--txt-split", choices=TXT_SPLITS, default="file", help=".txt documents: whole file (default) or paragraphs")
     train.set_defaults(handler=_train)
 
-    info = commands.add_parser(
-        "info",
-        help="show vocabulary size, EOS / PAD ids and fingerprint",
-        description="Show what a tokenizer file holds, as olmolab reads it.",
-        epilog=INFO_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    info = add_command(
+        commands, "info", "show vocabulary size, EOS / PAD ids and fingerprint",
+        "Show what a tokenizer file holds, as olmolab reads it.", INFO_EXAMPLES,
     )
     info.add_argument("tokenizer", help="a tokenizer.json, or a Hugging Face directory holding one")
     info.add_argument("--text", help="also show the token ids of this text")

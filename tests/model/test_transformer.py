@@ -114,6 +114,14 @@ def test_decoding_with_kv_cache_matches_a_full_forward(name):
     assert cache.length == 14
 
 
+def test_logits_at_runs_the_head_on_just_the_chosen_positions():
+    model = tiny()
+    ids = torch.randint(0, 500, (3, 10))
+    rows, positions = torch.tensor([0, 2, 2]), torch.tensor([9, 0, 4])
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids, logits_at=(rows, positions)), model(ids)[rows, positions])
+
+
 def test_sequence_longer_than_the_context_window_is_refused():
     model = tiny(max_seq_len=16)
     with pytest.raises(ValueError, match="longer than the model's context window"):

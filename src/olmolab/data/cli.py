@@ -8,6 +8,7 @@ import re
 from dataclasses import asdict
 from pathlib import Path
 
+from olmolab.cli import add_command, add_command_group
 from olmolab.data.documents import TXT_SPLITS
 from olmolab.data.provenance import InstanceDocuments, documents_at_step, read_run, steps_with_document
 from olmolab.data.shards import TOKEN_DTYPES, describe_token_file, open_token_files
@@ -58,27 +59,18 @@ count from 1: step N trains the N-th batch, and checkpoint stepN has trained ste
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    group = subparsers.add_parser(
-        "data",
-        help="tokenize documents; inspect token files and a run's data",
-        description="Tokenize documents into OLMo's token format, describe token files, and trace the documents a run trained on.",
-        epilog=GROUP_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    commands = add_command_group(
+        subparsers, "data", "tokenize documents; inspect token files and a run's data",
+        "Tokenize documents into OLMo's token format, describe token files, and trace the documents a run trained on.",
+        GROUP_EXAMPLES,
     )
-    commands = group.add_subparsers(dest="data_command", metavar="COMMAND")
-    group.set_defaults(handler=lambda args: group.print_help() or 2)
     _add_tokenize(commands)
     _add_info(commands)
     _add_inspect(commands)
 
 
-def _command(commands, name: str, help: str, epilog: str) -> argparse.ArgumentParser:
-    return commands.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".", epilog=epilog,
-                               formatter_class=argparse.RawDescriptionHelpFormatter)
-
-
 def _add_tokenize(commands) -> None:
-    p = _command(commands, "tokenize", "tokenize documents into OLMo token shards", TOKENIZE_EXAMPLES)
+    p = add_command(commands, "tokenize", "tokenize documents into OLMo token shards", examples=TOKENIZE_EXAMPLES)
     p.add_argument("inputs", nargs="+", metavar="INPUTS", help="document files, directories or globs")
     p.add_argument("--tokenizer", required=True, help="tokenizer.json (or a Hugging Face directory holding one)")
     p.add_argument("--out", required=True, help="output directory for the shards")
@@ -106,7 +98,7 @@ def _tokenize(args: argparse.Namespace) -> int:
 
 
 def _add_info(commands) -> None:
-    p = _command(commands, "info", "describe token files: tokens, dtype, documents, tokenizer", INFO_EXAMPLES)
+    p = add_command(commands, "info", "describe token files: tokens, dtype, documents, tokenizer", examples=INFO_EXAMPLES)
     p.add_argument("paths", nargs="+", help="token files (.npy), directories or globs")
     p.add_argument("--dtype", choices=TOKEN_DTYPES, help="dtype of raw files with no sidecar")
     p.add_argument("--seq-len", type=int, help="also count instances of this length")
@@ -122,7 +114,10 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _add_inspect(commands) -> None:
-    p = _command(commands, "inspect", "show the documents of a step's batch, or the steps that saw a document", INSPECT_EXAMPLES)
+    p = add_command(
+        commands, "inspect", "show the documents of a step's batch, or the steps that saw a document",
+        examples=INSPECT_EXAMPLES,
+    )
     p.add_argument("run", metavar="RUN", help="run directory or config file with a data: section")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--step", type=int, help="show the batch of this step (1-based)")

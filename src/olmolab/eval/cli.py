@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from olmolab.cli import add_command
 from olmolab.errors import UserError
 from olmolab.eval.downstream import TaskResult, evaluate_task
 from olmolab.eval.perplexity import PerplexityResult, evaluate_documents, load_documents
@@ -35,13 +36,11 @@ out as hf/<dataset>/<config>/validation/ (Hugging Face save_to_disk) and olmes/f
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "eval",
-        help="evaluate a checkpoint on downstream benchmarks and held-out perplexity",
-        description="Score a checkpoint on the model card's benchmarks (ranked classification: acc, "
+    parser = add_command(
+        subparsers, "eval", "evaluate a checkpoint on downstream benchmarks and held-out perplexity",
+        "Score a checkpoint on the model card's benchmarks (ranked classification: acc, "
         "acc_norm, per-token, PMI) and on held-out text (loss, perplexity, bits per byte).",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        EXAMPLES,
     )
     parser.add_argument(
         "checkpoint", help="olmolab checkpoint, revision or run directory, or a Hugging Face directory"

@@ -15,7 +15,7 @@ would get alone as `context + branch`, while the context is computed once. This 
 that takes `positions` and `attn_mask` (olmolab's `Transformer` does); unpacked rows need only
 `model(input_ids) -> logits`.
 
-Only scored positions go through the LM head (see `selected_logits`): in a 5-shot prompt almost
+Only scored positions go through the LM head (`selected_logits`): in a 5-shot prompt almost
 every position is context, and the head is a third of a small model's compute.
 """
 
@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from tqdm import tqdm
+
+from olmolab.model.transformer import Transformer
 
 # Cap on the scored logits of one batch (targets x vocab, fp32: 512 MiB), so OLMo 2's 100k vocabulary
 # with many scored tokens still fits; otherwise the batch size (rows) is the limit.
@@ -114,23 +116,12 @@ def batch_inputs(batch: list[Row]) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "positions": positions, "attn_mask": packed_mask(segments)}
 
 
-def selected_logits(
-    model, inputs: dict[str, torch.Tensor], b_idx: torch.Tensor, pos_idx: torch.Tensor
-) -> torch.Tensor:
-    """Logits (N, V) at the N positions (b_idx[i], pos_idx[i]) of the batch.
-
-    Only scored positions need the LM head, and on a small model the head is a third of the
-    compute (more for 100k vocabularies), so a pre-hook hands `lm_head` just those hidden states.
-    Models without an `lm_head` module get the full (B, T, V) logits, indexed afterwards.
-    """
-    head = getattr(model, "lm_head", None)
-    if not isinstance(head, torch.nn.Module):
-        return model(**inputs)[b_idx, pos_idx]
-    handle = head.register_forward_pre_hook(lambda module, args: (args[0][b_idx, pos_idx],))
-    try:
-        return model(**inputs)
-    finally:
-        handle.remove()
+def selected_logits(model, inputs: dict[str, torch.Tensor], b_idx: torch.Tensor, pos_idx: torch.Tensor) -> torch.Tensor:
+    """Logits (N, V) at the N positions (b_idx[i], pos_idx[i]) of the batch: olmolab's model runs
+    its LM head on just those (`logits_at`); other models give all logits, indexed afterwards."""
+    if isinstance(model, Transformer):
+        return model(**inputs, logits_at=(b_idx, pos_idx))
+    return model(**inputs)[b_idx, pos_idx]
 
 
 def target_logprobs(model, batch: list[Row], device: torch.device) -> tuple[np.ndarray, np.ndarray]:

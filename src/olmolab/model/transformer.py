@@ -228,6 +228,7 @@ class Transformer(nn.Module):
         attn_mask: Tensor | None = None,
         cache: KVCache | None = None,
         last_only: bool = False,
+        logits_at: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor | LMLoss:
         """Logits (B, T, embedding_size), or with `labels` the loss without materialising them.
 
@@ -238,6 +239,8 @@ class Transformer(nn.Module):
         attn_mask: boolean (B, 1, T, S), True = may attend; default causal.
         cache: a KVCache to read from and append to (generation).
         last_only: logits of the last position only, (B, 1, V): what decoding needs.
+        logits_at: (batch indices, position indices) of N positions: their logits only, (N, V).
+            Scoring needs few positions, and the LM head is a large share of the compute.
         """
         start = cache.length if cache is not None else 0
         x = self.embeddings(input_ids)  # (B, T, d)
@@ -255,6 +258,8 @@ class Transformer(nn.Module):
             )
         if last_only:
             x = x[:, -1:]
+        elif logits_at is not None:
+            x = x[logits_at]
         return self.lm_head(x)
 
     @classmethod

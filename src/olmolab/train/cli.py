@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 
+from olmolab.cli import add_command
 from olmolab.errors import UserError
 
 TRAIN_EPILOG = """\
@@ -22,30 +23,28 @@ Starting the same command again resumes the run from its latest checkpoint.
 
 
 def register(subparsers) -> None:
-    train = subparsers.add_parser(
-        "train", help="pretrain or fine-tune a model from a YAML run config",
-        description="Pretrain (or fine-tune, or anneal) an OLMo / OLMo 2 model from a YAML run config.",
-        epilog=TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    train = add_command(
+        subparsers, "train", "pretrain or fine-tune a model from a YAML run config",
+        "Pretrain (or fine-tune, or anneal) an OLMo / OLMo 2 model from a YAML run config.", TRAIN_EPILOG,
     )
     train.add_argument("config", help="the run config (YAML)")
     train.add_argument("overrides", nargs=argparse.REMAINDER,
                        help="--section.key=value overrides; also --load-path PATH and --reset-trainer-state")
     train.set_defaults(handler=_train)
 
-    checkpoints = subparsers.add_parser(
-        "checkpoints", help="list a run's revisions (stepN-tokensM)",
-        description="List the checkpoints (revisions) of a run directory, with the loss at each.",
-        epilog="example:\n  olmolab checkpoints runs/quickstart", formatter_class=argparse.RawDescriptionHelpFormatter,
+    checkpoints = add_command(
+        subparsers, "checkpoints", "list a run's revisions (stepN-tokensM)",
+        "List the checkpoints (revisions) of a run directory, with the loss at each.",
+        "example:\n  olmolab checkpoints runs/quickstart",
     )
     checkpoints.add_argument("run_dir")
     checkpoints.add_argument("--json", action="store_true", help="print JSON instead of a table")
     checkpoints.set_defaults(handler=_checkpoints)
 
-    plot = subparsers.add_parser(
-        "plot", help="draw a run's loss, LR and validation curves to a PNG",
-        description="Plot metrics.jsonl of a run: training loss, learning rate, grad norm, validation metrics.",
-        epilog="example:\n  olmolab plot runs/quickstart --out curves.png",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    plot = add_command(
+        subparsers, "plot", "draw a run's loss, LR and validation curves to a PNG",
+        "Plot metrics.jsonl of a run: training loss, learning rate, grad norm, validation metrics.",
+        "example:\n  olmolab plot runs/quickstart --out curves.png",
     )
     plot.add_argument("run_dir")
     plot.add_argument("--out", help="PNG path (default RUN_DIR/curves.png)")

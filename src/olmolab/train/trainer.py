@@ -17,6 +17,7 @@ command again after a crash and it continues from the latest revision, bit for b
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import math
 import sys
@@ -315,4 +316,8 @@ def train(config: RunConfig) -> dict:
     try:
         return trainer.fit()
     finally:
+        # The wrapped model's communication state must go before its process group: a DDP
+        # reducer outliving the group can abort the interpreter at exit.
+        del trainer
+        gc.collect()
         dist_utils.shutdown()
