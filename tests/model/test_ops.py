@@ -42,6 +42,16 @@ def test_rotary_matches_rotate_half_and_is_a_rotation():
     torch.testing.assert_close(rotary(x, cos, sin).norm(dim=-1), x.norm(dim=-1))  # lengths kept
 
 
+def test_without_autograd_the_plain_formulas_give_the_same_values():
+    x = torch.randn(4, 3, 2, 8, requires_grad=True)
+    angles = torch.rand(3, 1, 4)
+    weight = torch.rand(8, requires_grad=True)
+    for fn in (lambda t: rms_norm(t, weight, 1e-6), lambda t: rotary(t, angles.cos(), angles.sin())):
+        with torch.no_grad():
+            plain = fn(x)
+        torch.testing.assert_close(plain, fn(x).detach(), rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("op", ["rms_norm", "rotary"])
 def test_bf16_inputs_are_computed_in_fp32_and_returned_in_bf16(op):
     x = torch.randn(4, 2, 8)
