@@ -3,7 +3,12 @@
 Same weights, same batch, same optimizer settings, same process; the two sides alternate.
 Prints tokens/s of each, MFU against this machine's measured fp32 matmul peak, and the ratio.
 
-    python bench/train_step.py [--rounds 7] [--compile]
+    python bench/train_step.py [--rounds 7] [--compile] [--keep-freed-memory]
+
+By default both sides run with the system's malloc, which returns large freed blocks to the
+OS; transformers allocates more large temporaries than olmolab and pays more for that (page
+faults on fresh memory every step). `--keep-freed-memory` gives both sides the allocator
+setting olmolab's trainer uses on CPU, which removes that cost: compare the two.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from common import BENCH_BATCH, BENCH_MODEL, BENCH_SEQ_LEN, interleaved_medians,
 
 from olmolab import Transformer
 from olmolab.convert import hf
+from olmolab.train.allocator import keep_freed_memory
 from olmolab.train.metrics import measure_matmul_flops
 from olmolab.train.optim import OptimConfig, build_optimizer
 
@@ -54,8 +60,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--compile", action="store_true", help="torch.compile each olmolab block")
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="tune malloc as olmolab's trainer does on CPU (olmolab/train/allocator.py), for both sides")
     args = parser.parse_args()
     setup(args.threads)
+    if args.keep_freed_memory and not keep_freed_memory():
+        sys.exit("--keep-freed-memory needs glibc")
     from transformers import AutoModelForCausalLM
 
     ours = Transformer(BENCH_MODEL).train()
@@ -79,7 +89,8 @@ def main() -> None:
     tokens = BENCH_BATCH * BENCH_SEQ_LEN
     flops = BENCH_MODEL.flops_per_token(BENCH_SEQ_LEN) * tokens
     print(f"bench model: {BENCH_MODEL.num_params() / 1e6:.1f}M params, batch {BENCH_BATCH} x seq {BENCH_SEQ_LEN}, "
-          f"fp32, {args.threads} threads{', compiled blocks' if args.compile else ''}")
+          f"fp32, {args.threads} threads{', compiled blocks' if args.compile else ''}, "
+          f"malloc {'keeping freed memory (both sides)' if args.keep_freed_memory else 'as the system set it'}")
     print(f"MFU = 6*(non-embedding + lm_head params) + 12*layers*d_model*seq FLOPs per token "
           f"/ measured matmul peak {peak / 1e9:.0f} GFLOP/s")
     for name, s in seconds.items():

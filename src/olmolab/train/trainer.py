@@ -36,6 +36,7 @@ from olmolab.model import Transformer
 from olmolab.model.loss import IGNORE_INDEX
 from olmolab.train import checkpoint as ckpt
 from olmolab.train import distributed as dist_utils
+from olmolab.train.allocator import keep_freed_memory
 from olmolab.train.metrics import MetricSinks, SpikeDetector, Throughput, peak_flops, read_metrics
 from olmolab.train.optim import build_optimizer, lr_at
 
@@ -66,6 +67,8 @@ class Trainer:
         if device_type == "cuda" and not torch.cuda.is_available():
             raise UserError("trainer.device=cuda but no CUDA device is available; use trainer.device=cpu")
         self.device = dist_utils.init_from_env(device_type)
+        if device_type == "cpu" and tc.keep_freed_memory:
+            keep_freed_memory()
         self.rank, self.world_size = dist_utils.rank(), dist_utils.world_size()
         self.accum_steps = tc.check_batch(self.world_size)
         self.bf16 = tc.precision == "bf16" or (tc.precision == "auto" and device_type == "cuda")
