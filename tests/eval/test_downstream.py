@@ -54,6 +54,26 @@ def test_loglikelihoods_equal_one_forward_per_request(model, pack):
     assert ntok.tolist() == [len(p.continuation) for p in pairs]
 
 
+def test_ranks_of_a_process_group_score_disjoint_batches_that_add_up(model, monkeypatch):
+    """Each rank scores every world-th batch (plus a spare call FSDP's lockstep needs); the
+    all-reduce of their sums is the one-process result."""
+    from olmolab.eval import scoring
+
+    pairs = random_pairs(0, 12, shared_context=True) + random_pairs(1, 12, shared_context=False)
+    alone = loglikelihoods(model, pairs, batch_size=3)
+    shards, calls = [], []
+    monkeypatch.setattr(scoring.dist, "all_reduce", lambda tensor: None)  # each shard kept apart here
+    real_target_logprobs = scoring.target_logprobs
+    monkeypatch.setattr(scoring, "target_logprobs", lambda *a: calls.append(a[1]) or real_target_logprobs(*a))
+    for rank in (0, 1):
+        monkeypatch.setattr(scoring, "process_group_position", lambda rank=rank: (rank, 2))
+        shards.append(loglikelihoods(model, pairs, batch_size=3))
+    np.testing.assert_allclose(shards[0][0] + shards[1][0], alone[0], rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(shards[0][1] + shards[1][1], alone[1])
+    assert all(shard[1].sum() < alone[1].sum() for shard in shards)  # both did part of the work
+    assert len(calls) % 2 == 0  # both ranks made the same number of forward calls
+
+
 def test_packing_runs_each_context_once_and_mc_letters_share_one_row():
     context = tuple(range(10, 60))
     cloze = [TokenPair(context, (1, 2, 3)), TokenPair(context, (4, 5)), TokenPair(context, (6,))]

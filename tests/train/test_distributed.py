@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from olmolab.train.checkpoint import list_revisions
+from olmolab.train.metrics import read_metrics
 
 from .test_trainer import losses, olmolab_cmd, run_env
 
@@ -21,12 +22,27 @@ def torchrun(config_path):
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-def configs(tiny_run, tmp_path, **trainer):
+def configs(tiny_run, tmp_path, shared_data):
+    """Three runs of 3 steps (one process, DDP, FSDP), each evaluating PIQA and WikiText at step 3."""
+    from olmolab.tokenizer import train_bpe
+
+    wikitext = shared_data / "corpora" / "wikitext-2"
+    train_bpe([(wikitext / "valid.txt").read_text()[:100_000]], vocab_size=512).save(tmp_path / "tokenizer.json")
     paths = {}
     for name in ("single", "ddp", "fsdp"):
         paths[name], raw = tiny_run(f"{name}.yaml", run_dir=str(tmp_path / name), max_steps=3, save_interval=3,
-                                    distributed="fsdp" if name == "fsdp" else "ddp", **trainer)
+                                    distributed="fsdp" if name == "fsdp" else "ddp", eval_interval=3,
+                                    tokenizer=str(tmp_path / "tokenizer.json"))
+        # 13 PIQA examples and a few WikiText windows: batches do not split evenly over 2 ranks.
+        raw["eval"] = {"tasks": ["piqa"], "limit": 13, "data_dir": str(shared_data / "eval"), "batch_size": 4,
+                       "perplexity": [{"label": "wikitext", "path": str(wikitext / "test.txt"), "max_tokens": 700}]}
+        paths[name].write_text(yaml.safe_dump(raw))
     return paths
+
+
+def in_loop_eval(run_dir) -> dict[str, float]:
+    (row,) = [r for r in read_metrics(run_dir) if "eval/downstream/piqa_acc" in r]
+    return {k: v for k, v in row.items() if k.startswith(("eval/downstream/", "eval/wikitext/"))}
 
 
 def assert_same_curve(a, b, tol=1e-5):
@@ -36,9 +52,9 @@ def assert_same_curve(a, b, tol=1e-5):
         assert norm_a == pytest.approx(norm_b, rel=tol)
 
 
-def test_ddp_and_fsdp_match_one_process_with_the_same_global_batch(tiny_run, tmp_path):
+def test_ddp_and_fsdp_match_one_process_with_the_same_global_batch(tiny_run, tmp_path, shared_data):
     # One process accumulates 2 micro-batches; two processes run one each.
-    paths = configs(tiny_run, tmp_path)
+    paths = configs(tiny_run, tmp_path, shared_data)
     subprocess.run(olmolab_cmd("train", paths["single"]), check=True, env=run_env(), capture_output=True)
     torchrun(paths["ddp"])
     torchrun(paths["fsdp"])
@@ -46,6 +62,11 @@ def test_ddp_and_fsdp_match_one_process_with_the_same_global_batch(tiny_run, tmp
     assert len(single) == 3
     assert_same_curve(losses(tmp_path / "ddp"), single)
     assert_same_curve(losses(tmp_path / "fsdp"), single)
+    # In-loop evaluation splits its batches over the ranks and gets the one-process numbers.
+    expected = in_loop_eval(tmp_path / "single")
+    assert len(expected) > 8
+    for name in ("ddp", "fsdp"):
+        assert in_loop_eval(tmp_path / name) == pytest.approx(expected, abs=1e-5), name
 
     # The FSDP checkpoint was written as 2 shards; one process resumes from it.
     sharded = list_revisions(tmp_path / "fsdp")[-1].path

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
 from olmolab.model.transformer import Transformer
@@ -139,15 +140,38 @@ def target_logprobs(model, batch: list[Row], device: torch.device) -> tuple[np.n
 def score_rows(
     model, rows: list[Row], n_keys: int, batch_size: int = 32, progress: str | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per key: the summed log-probability of its targets (float64) and how many there were."""
+    """Per key: the summed log-probability of its targets (float64) and how many there were.
+
+    In a torch.distributed group (in-loop evaluation under torchrun) each rank scores every
+    world-th batch and the sums are all-reduced, so evaluation takes 1/world of the time and
+    every rank gets the same numbers. A sharded (FSDP) model gathers its weights inside forward,
+    so every rank makes the same number of calls: a rank with fewer batches repeats one and
+    drops the result.
+    """
     totals, counts = np.zeros(n_keys), np.zeros(n_keys, dtype=np.int64)
     device, vocab = model_device(model), model_vocab(model)
-    bar = tqdm(total=len(rows), desc=progress, unit="row", disable=progress is None, leave=False)
+    rank, world = process_group_position()
+    every = list(batches(rows, batch_size, vocab))
+    mine = every[rank::world]
+    n_calls = -(-len(every) // world)
+    bar = tqdm(total=sum(map(len, mine)), desc=progress, unit="row", disable=progress is None, leave=False)
     with torch.inference_mode():
-        for batch in batches(rows, batch_size, vocab):
-            logprobs, keys = target_logprobs(model, batch, device)
-            np.add.at(totals, keys, logprobs)
-            np.add.at(counts, keys, 1)
-            bar.update(len(batch))
+        for i in range(n_calls):
+            logprobs, keys = target_logprobs(model, mine[i] if i < len(mine) else every[0], device)
+            if i < len(mine):
+                np.add.at(totals, keys, logprobs)
+                np.add.at(counts, keys, 1)
+                bar.update(len(mine[i]))
     bar.close()
+    if world > 1:
+        summed = torch.from_numpy(np.stack([totals, counts.astype(np.float64)])).to(device)
+        dist.all_reduce(summed)
+        totals, counts = summed[0].cpu().numpy(), summed[1].cpu().numpy().astype(np.int64)
     return totals, counts
+
+
+def process_group_position() -> tuple[int, int]:
+    """(rank, world size) in the torch.distributed group this process belongs to, else (0, 1)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
