@@ -13,6 +13,8 @@ attention mask hides the pad columns from every query, so a padded prompt decode
 it would alone. The cache is allocated once for prompt + new tokens; each decode step runs the
 model on one token per row and asks for the last position's logits only. On CPU the matmuls,
 most of a decode step, run on kernels chosen for a few rows (`cpu_linear_kernels`).
+`GenerationConfig(compile=True)` decodes with one compiled step over a fixed-size cache instead
+(`decode_step`), about twice as fast per token for a single prompt.
 
 References: transformers `generation/utils.py` (left padding, position ids, top-p rule),
 OLMo-core `generate/` (GenerationConfig fields), OLMo `olmo/model.py` `generate`.
@@ -250,6 +252,7 @@ def generate(
     config = config or GenerationConfig()
     check_prompts(model, prompts)
     on_cpu = next(model.parameters()).device.type == "cpu"
+    # On CPU a batch decodes faster eagerly, through oneDNN, than compiled (7.1 vs 11.5 ms a step at 8).
     compiled = config.compile and not (on_cpu and len(prompts) > 1)
     with cpu_linear_kernels(model, len(prompts), compiled=compiled), torch.inference_mode():
         return _generate(model, prompts, config, on_token, compiled)
@@ -270,8 +273,8 @@ def decode_step(model: Transformer, tokens: Tensor, position: Tensor, key_mask: 
 def compiled_decoding() -> Callable[..., Tensor]:
     """`decode_step` through torch.compile: on CPU, inductor fuses each layer's norms, RoPE and
     SwiGLU and turns the single-row matmuls into passes over the weights at near memory bandwidth,
-    with no Python between ops; on GPU it is what CUDA graphs need. Shapes are static
-    (`dynamic=False`), so each (model, batch size, cache size) compiles once."""
+    with no Python between ops. Shapes are static (`dynamic=False`), so each (model, batch size,
+    cache size) compiles once; static shapes are also what CUDA graphs would need."""
     return torch.compile(decode_step, dynamic=False)
 
 
