@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import BENCH_BATCH, BENCH_MODEL, BENCH_SEQ_LEN, interleaved_medians, setup
 
 from olmolab import Transformer
+from olmolab.allocator import keep_freed_memory
 from olmolab.convert import hf
-from olmolab.train.allocator import keep_freed_memory
 from olmolab.train.metrics import measure_matmul_flops
 from olmolab.train.optim import OptimConfig, build_optimizer
 
@@ -61,7 +61,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--compile", action="store_true", help="torch.compile each olmolab block")
     parser.add_argument("--keep-freed-memory", action="store_true",
-                        help="tune malloc as olmolab's trainer does on CPU (olmolab/train/allocator.py), for both sides")
+                        help="tune malloc as olmolab's trainer does on CPU (olmolab/allocator.py), for both sides")
     args = parser.parse_args()
     setup(args.threads)
     if args.keep_freed_memory and not keep_freed_memory():

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(
 # Run apart: the setting lasts for the whole process.
 SCRIPT = """
 import ctypes, ctypes.util, torch
-from olmolab.train.allocator import keep_freed_memory
+from olmolab.allocator import keep_freed_memory
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(f, ctypes.c_size_t) for f in

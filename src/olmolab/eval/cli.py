@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from olmolab.allocator import keep_freed_memory
 from olmolab.cli import add_command
 from olmolab.errors import UserError
 from olmolab.eval.downstream import TaskResult, evaluate_task
@@ -85,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} {getattr(args, name)} must be a positive integer")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    if device == "cpu":
+        keep_freed_memory()  # scoring allocates large logits every batch (olmolab/allocator.py)
     model, tokenizer = olmolab.load(args.checkpoint, device=device)
     if args.tokenizer:
         tokenizer = Tokenizer.from_file(args.tokenizer)

@@ -29,6 +29,7 @@ import torch
 from tqdm import tqdm
 
 from olmolab import io
+from olmolab.allocator import keep_freed_memory
 from olmolab.config import RunConfig
 from olmolab.data.loader import validation_batches
 from olmolab.errors import UserError
@@ -36,7 +37,6 @@ from olmolab.model import Transformer
 from olmolab.model.loss import IGNORE_INDEX
 from olmolab.train import checkpoint as ckpt
 from olmolab.train import distributed as dist_utils
-from olmolab.train.allocator import keep_freed_memory
 from olmolab.train.metrics import MetricSinks, SpikeDetector, Throughput, peak_flops, read_metrics
 from olmolab.train.optim import build_optimizer, lr_at
 
