@@ -178,9 +178,7 @@ def _onednn_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
 
-def _kernel_kind(batch_size: int, compiled: bool) -> str | None:
-    if compiled:  # compiled decoding of one row: prefill keeps F.linear, which compiles no step
-        return "one_row"
+def _kernel_kind(batch_size: int) -> str | None:
     if batch_size == 1 and torch.get_num_threads() == 1:
         return "transposed"
     if _onednn_linear_works():
@@ -188,18 +186,21 @@ def _kernel_kind(batch_size: int, compiled: bool) -> str | None:
     return "transposed" if batch_size == 1 else None
 
 
-def _swap_kernel(module: nn.Linear, kind: str):
-    if kind == "one_row":
-        eager = functools.partial(_onednn_linear, weight=_derived_weight(module, "onednn"), bias=module.bias) \
-            if _onednn_linear_works() else module.forward
+def _swap_kernel(module: nn.Linear, kind: str | None, compiled: bool):
+    """The forward `module` gets: the eager kernel of `kind` (None: its own), and in compiled
+    decoding, multiply-and-sum for the single row of a compiled step (the prompt stays eager)."""
+    eager = module.forward if kind is None else functools.partial(
+        {"transposed": _transposed_linear, "onednn": _onednn_linear}[kind],
+        weight=_derived_weight(module, kind), bias=module.bias,
+    )
+    if not compiled:
+        return eager
 
-        def forward(x: Tensor) -> Tensor:
-            if torch.compiler.is_compiling() and x.shape[:-1].numel() == 1:
-                return _one_row_linear(x, module.weight, module.bias)
-            return eager(x)  # the prompt, run eagerly
-        return forward
-    kernel = {"transposed": _transposed_linear, "onednn": _onednn_linear}[kind]
-    return functools.partial(kernel, weight=_derived_weight(module, kind), bias=module.bias)
+    def forward(x: Tensor) -> Tensor:
+        if torch.compiler.is_compiling() and x.shape[:-1].numel() == 1:
+            return _one_row_linear(x, module.weight, module.bias)
+        return eager(x)
+    return forward
 
 
 @contextmanager
@@ -220,14 +221,14 @@ def cpu_linear_kernels(model: nn.Module, batch_size: int, compiled: bool = False
     The copies live as long as the model (about the size of its linear weights), so later calls
     skip the copying. Layers on other devices or dtypes keep `F.linear`.
     """
-    kind = _kernel_kind(batch_size, compiled)
+    kind = _kernel_kind(batch_size)
     swapped = []
-    for module in model.modules() if kind is not None else ():
+    for module in model.modules() if kind is not None or compiled else ():
         weight = getattr(module, "weight", None)
         if (isinstance(module, nn.Linear) and "forward" not in module.__dict__
                 and type(weight.data) is torch.Tensor and weight.device.type == "cpu"
                 and weight.dtype == torch.float32):
-            module.forward = _swap_kernel(module, kind)
+            module.forward = _swap_kernel(module, kind, compiled)
             swapped.append(module)
     try:
         yield
