@@ -66,7 +66,8 @@ def test_ddp_and_fsdp_match_one_process_with_the_same_global_batch(tiny_run, tmp
     expected = in_loop_eval(tmp_path / "single")
     assert len(expected) > 8
     for name in ("ddp", "fsdp"):
-        assert in_loop_eval(tmp_path / name) == pytest.approx(expected, abs=1e-5), name
+        # (perplexities are in the hundreds: fp32 sums in another order differ in the 8th digit)
+        assert in_loop_eval(tmp_path / name) == pytest.approx(expected, rel=1e-6, abs=1e-5), name
 
     # The FSDP checkpoint was written as 2 shards; one process resumes from it.
     sharded = list_revisions(tmp_path / "fsdp")[-1].path

@@ -1,0 +1,50 @@
+"""Causal attention computed in halves on CPU equals SDPA's causal attention, values and gradients."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from olmolab.model.causal_attention import causal_attention, halves_pay
+
+
+def qkv(T, heads=4, kv_heads=4, batch=2, head_dim=16, seed=0):
+    """Queries, keys and values laid out as the model makes them: (B, T, heads, hd) transposed."""
+    g = torch.Generator().manual_seed(seed)
+    make = lambda h: torch.randn(batch, T, h, head_dim, generator=g).transpose(1, 2)  # noqa: E731
+    return make(heads), make(kv_heads), make(kv_heads)
+
+
+def values_and_grads(attention, q, k, v):
+    inputs = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    out = attention(*inputs)
+    out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(1)))
+    return out.detach(), [t.grad for t in inputs]
+
+
+def sdpa(q, k, v):
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=k.shape[1] != q.shape[1])
+
+
+@pytest.mark.parametrize(("T", "kv_heads"), [(384, 4), (512, 4), (512, 2), (448, 1)])
+def test_halves_give_sdpas_values_and_gradients(T, kv_heads):
+    q, k, v = qkv(T, kv_heads=kv_heads)
+    assert halves_pay(q)  # else this would compare SDPA with itself
+    torch.testing.assert_close(values_and_grads(causal_attention, q, k, v), values_and_grads(sdpa, q, k, v),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_without_autograd_the_halves_give_the_same_values():
+    q, k, v = qkv(512)
+    with torch.no_grad():
+        torch.testing.assert_close(causal_attention(q, k, v), sdpa(q, k, v), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("T", [1, 256, 383, 513, 1024])
+def test_lengths_where_halves_do_not_pay_are_plain_sdpa(T):
+    q, k, v = qkv(T)
+    assert not halves_pay(q)
+    torch.testing.assert_close(causal_attention(q, k, v), sdpa(q, k, v), rtol=0, atol=0)
+
+
+def test_bf16_is_plain_sdpa():
+    assert not halves_pay(qkv(512)[0].bfloat16())
