@@ -48,3 +48,10 @@ def test_lengths_where_halves_do_not_pay_are_plain_sdpa(T):
 
 def test_bf16_is_plain_sdpa():
     assert not halves_pay(qkv(512)[0].bfloat16())
+
+
+def test_compiled_halves_give_sdpas_values_and_gradients():
+    q, k, v = qkv(384, kv_heads=2)
+    compiled = torch.compile(causal_attention, fullgraph=True)  # no graph break around the kernels
+    torch.testing.assert_close(values_and_grads(compiled, q, k, v), values_and_grads(sdpa, q, k, v),
+                               rtol=1e-5, atol=1e-5)
