@@ -108,10 +108,19 @@ def test_decoding_with_kv_cache_matches_a_full_forward(name):
     with torch.no_grad():
         full = model(ids)
         cache = KVCache.allocate(model.config, batch_size=2, max_len=32)
-        steps = [model(ids[:, :8], cache=cache)]  # prefill
+        steps = [model(ids[:, :5], cache=cache)]  # prefill
+        steps += [model(ids[:, 5:8], cache=cache)]  # a chunk continuing the cache: causal within it
         steps += [model(ids[:, t:t + 1], cache=cache) for t in range(8, 14)]  # one token at a time
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
     assert cache.length == 14
+
+
+def test_a_static_cache_without_a_mask_is_refused():
+    model = tiny()
+    cache = KVCache.allocate(model.config, batch_size=1, max_len=16)
+    cache.length = torch.tensor(0)  # attention would read all 16 slots, most not yet written
+    with pytest.raises(ValueError, match="attn_mask"):
+        model(torch.zeros(1, 1, dtype=torch.long), cache=cache)
 
 
 def test_logits_at_runs_the_head_on_just_the_chosen_positions():

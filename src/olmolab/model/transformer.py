@@ -132,6 +132,19 @@ def write_cache(cache: tuple[Tensor, Tensor], k: Tensor, v: Tensor, start: int |
     return cache_k[:, :, : start + T], cache_v[:, :, : start + T]
 
 
+def continuing_causal_mask(start: int | Tensor, length: int, device) -> Tensor | None:
+    """The mask for `length` new tokens after `start` cached ones, or None where none is needed
+    (a first chunk is plainly causal; one new token may see every cached one)."""
+    if isinstance(start, Tensor):
+        raise ValueError(
+            "a KVCache whose length is a tensor (a static cache) needs an attn_mask that hides the "
+            "slots not yet written: attention reads the whole buffer (see write_cache)"
+        )
+    if start == 0 or length == 1:
+        return None
+    return torch.ones(length, start + length, dtype=torch.bool, device=device).tril(diagonal=start)
+
+
 class Attention(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -247,6 +260,8 @@ class Transformer(nn.Module):
             Scoring needs few positions, and the LM head is a large share of the compute.
         """
         start = cache.length if cache is not None else 0
+        if attn_mask is None and cache is not None:
+            attn_mask = continuing_causal_mask(start, input_ids.shape[1], input_ids.device)
         x = self.embeddings(input_ids)  # (B, T, d)
         rope = self.rope.tables(positions, start, input_ids.shape[1], input_ids.device)
         for i, block in enumerate(self.blocks):
