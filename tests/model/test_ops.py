@@ -1,10 +1,11 @@
-"""The hand-written RMSNorm and RoPE equal autograd's composites, values and gradients."""
+"""The hand-written RMSNorm and RoPE equal autograd's composites, and `linear` equals F.linear:
+values and gradients."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from olmolab.model.ops import rms_norm, rotary
+from olmolab.model.ops import linear, onednn_linear_works, rms_norm, rotary
 
 
 def composite_rotary(x, cos, sin):
@@ -82,3 +83,18 @@ def test_compiled_blocks_train_like_eager_ones():
         {n: p.grad for n, p in compiled.named_parameters()}, {n: p.grad for n, p in eager.named_parameters()},
         rtol=1e-4, atol=1e-6,
     )
+
+
+@pytest.mark.skipif(not onednn_linear_works(), reason="this torch build has no oneDNN linear")
+def test_linear_by_onednn_gives_f_linears_values_and_gradients():
+    g = torch.Generator().manual_seed(0)
+    x, weight = torch.randn(3, 5, 16, generator=g), torch.randn(24, 16, generator=g) / 4
+    torch.testing.assert_close(values_and_grads(linear, x, weight), values_and_grads(F.linear, x, weight),
+                               rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(linear(x, weight), F.linear(x, weight), rtol=1e-5, atol=1e-5)
+
+
+def test_linear_keeps_f_linear_for_bf16():
+    x, weight = torch.randn(3, 16).bfloat16(), torch.randn(24, 16).bfloat16()
+    assert torch.equal(linear(x, weight), F.linear(x, weight))

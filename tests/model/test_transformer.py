@@ -19,6 +19,19 @@ def test_logits_have_shape_batch_seq_padded_vocab(name):
     assert logits.shape == (3, 17, model.config.embedding_size)
 
 
+def test_every_projection_runs_through_its_linear_module():
+    """Decoding swaps the modules' kernels (generate.cpu_linear_kernels): a projection computed
+    from the bare weight would silently miss that."""
+    model = tiny()
+    calls = []
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            module.register_forward_hook(lambda m, args, out: calls.append(m))
+    with torch.no_grad():
+        model(torch.randint(0, 500, (1, 4)))
+    assert sorted(map(id, calls)) == sorted(id(m) for m in model.modules() if isinstance(m, torch.nn.Linear))
+
+
 @pytest.mark.parametrize("name", ["olmo-tiny", "olmo2-tiny"])
 def test_a_token_never_sees_the_future(name):
     model = tiny(name)

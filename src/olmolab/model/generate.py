@@ -30,10 +30,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from olmolab.errors import UserError
+from olmolab.model.ops import onednn_linear, onednn_linear_works
 from olmolab.model.transformer import KVCache, Transformer
 
 TokenCallback = Callable[[int, int], bool | None]
@@ -131,19 +131,6 @@ def check_prompts(model: Transformer, prompts: Sequence[Sequence[int]]) -> None:
 _DERIVED: weakref.WeakKeyDictionary[nn.Linear, tuple[weakref.ref, tuple, Tensor]] = weakref.WeakKeyDictionary()
 
 
-@functools.cache
-def _onednn_linear_works() -> bool:
-    """Whether this torch build has oneDNN's prepacked linear, and it computes what F.linear does."""
-    try:
-        g = torch.Generator().manual_seed(0)  # not the global RNG: sampling must not depend on this check
-        weight, x = torch.randn(24, 16, generator=g), torch.randn(3, 16, generator=g)
-        packed = torch.ops.mkldnn._reorder_linear_weight(weight, 8)
-        out = torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
-        return torch.allclose(out, F.linear(x, weight), rtol=1e-4, atol=1e-5)
-    except (AttributeError, RuntimeError, NotImplementedError):
-        return False
-
-
 def _one_row_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """F.linear for a single row, as multiply-and-sum: inside `torch.compile` this becomes one
     vectorised, multi-threaded pass over the weight, which is what bounds a batch-1 decode step
@@ -175,13 +162,14 @@ def _transposed_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor
 
 def _onednn_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """F.linear with the weight given packed by `torch.ops.mkldnn._reorder_linear_weight`."""
-    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+    out = onednn_linear(x, weight)
+    return out if bias is None else out + bias
 
 
 def _kernel_kind(batch_size: int) -> str | None:
     if batch_size == 1 and torch.get_num_threads() == 1:
         return "transposed"
-    if _onednn_linear_works():
+    if onednn_linear_works():
         return "onednn"
     return "transposed" if batch_size == 1 else None
 

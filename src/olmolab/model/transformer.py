@@ -10,9 +10,9 @@ biases anywhere. What differs is where and which norm (see `ModelConfig`):
     OLMo 1 ("pre"):   h = x + Attn(LN(x));        out = h + MLP(LN(h))        LN has no weight
     OLMo 2 ("post"):  h = x + RMS(Attn(x));       out = h + RMS(MLP(h))       + QK-norm in Attn
 
-Weights are fused the way OLMo stores them: one `w_qkv` for queries, keys and values (one
-larger matmul is faster than three small ones), and one `w_in` for the SwiGLU's up and gate
-halves; `olmolab.convert.hf` splits them into Hugging Face's names.
+Projections are fused the way OLMo stores them: one `w_qkv` matmul for queries, keys and
+values, and one `w_in` for the SwiGLU's up and gate halves. One larger matmul is faster than
+three small ones; `olmolab.convert.hf` splits them into Hugging Face's names.
 
 Distributed training wraps this module from outside (`olmolab.train.distributed`); nothing
 here knows about processes.
@@ -30,7 +30,17 @@ from torch import Tensor, nn
 from olmolab.model.causal_attention import causal_attention
 from olmolab.model.config import ModelConfig
 from olmolab.model.loss import LMLoss, linear_cross_entropy
-from olmolab.model.ops import rms_norm, rotary
+from olmolab.model.ops import linear, rms_norm, rotary
+
+
+class Linear(nn.Linear):
+    """A projection without bias; on CPU its matmuls take the faster kernel (`ops.linear`)."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__(in_features, out_features, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return linear(x, self.weight)
 
 
 class Norm(nn.Module):
@@ -151,8 +161,8 @@ class Attention(nn.Module):
         self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
         self.d_model, self.kv_dim = config.d_model, config.kv_dim
         self.clip_qkv = config.clip_qkv
-        self.w_qkv = nn.Linear(config.d_model, config.d_model + 2 * config.kv_dim, bias=False)
-        self.w_out = nn.Linear(config.d_model, config.d_model, bias=False)
+        self.w_qkv = Linear(config.d_model, config.d_model + 2 * config.kv_dim)
+        self.w_out = Linear(config.d_model, config.d_model)
         # OLMo 2's QK-norm acts on the full projected width, before the split into heads.
         self.q_norm = Norm(config.norm, config.d_model, config.norm_eps) if config.qk_norm else None
         self.k_norm = Norm(config.norm, config.kv_dim, config.norm_eps) if config.qk_norm else None
@@ -190,15 +200,12 @@ class FeedForward(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.w_in = nn.Linear(config.d_model, 2 * config.mlp_hidden_size, bias=False)
-        self.w_out = nn.Linear(config.mlp_hidden_size, config.d_model, bias=False)
+        self.w_in = Linear(config.d_model, 2 * config.mlp_hidden_size)
+        self.w_out = Linear(config.mlp_hidden_size, config.d_model)
 
     def forward(self, x: Tensor) -> Tensor:
-        # One matmul per half of the weight rather than one over all of it and a split: the
-        # backward then never concatenates the halves' gradients into a (tokens, 2 x hidden)
-        # tensor, a copy that on CPU also page-faults on fresh memory (~3% of a bench step).
-        up_weight, gate_weight = self.w_in.weight.chunk(2)
-        return self.w_out(F.silu(F.linear(x, gate_weight)) * F.linear(x, up_weight))
+        up, gate = self.w_in(x).chunk(2, dim=-1)
+        return self.w_out(F.silu(gate) * up)
 
 
 class Block(nn.Module):
@@ -227,7 +234,7 @@ class Transformer(nn.Module):
         self.rope = RotaryEmbedding(config.head_dim, config.max_seq_len, config.rope_theta)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.norm = Norm(config.norm, config.d_model, config.norm_eps)
-        self.lm_head = nn.Linear(config.d_model, config.embedding_size, bias=False)
+        self.lm_head = Linear(config.d_model, config.embedding_size)
         if config.weight_tying:
             self.lm_head.weight = self.embeddings.weight
         self.init_weights()
