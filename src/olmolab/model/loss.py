@@ -23,12 +23,15 @@ from torch import Tensor
 
 IGNORE_INDEX = -100
 
-# Most logits held at once: 16M fp32 values (64 MiB; 1024 tokens of a 16k vocabulary). On a CPU
+# Most logits held at once. On a CPU, 16M fp32 values (64 MiB; 1024 tokens of a 16k vocabulary):
 # the chunk size barely matters once memory is reused (bench model: 2975-2998 ms per step for
-# 512 to 4096 rows), but glibc hands blocks this large straight back to the OS, so a bigger chunk
-# page-faults more every step (3283 ms at 4096 rows vs 3065 at 1024 under the default malloc).
-# On a GPU the bound is what keeps 32k tokens x 100k vocabulary from needing 13 GB at once.
+# 512 to 4096 rows), but glibc hands blocks this large straight back to the OS, so a bigger
+# buffer page-faults more every step (3283 ms at 4096 rows vs 3065 at 1024 under the default
+# malloc). On a GPU, 64M: each chunk re-reads the (V, d) fp32 gradient accumulator (800 MB at
+# OLMo 2's 100k x 2048), so chunks should be few; the bound keeps 32k tokens x 100k vocabulary
+# from needing 13 GB at once.
 CHUNK_ELEMENTS = 1 << 24
+GPU_CHUNK_ELEMENTS = 1 << 26
 
 
 class LMLoss(NamedTuple):
@@ -92,7 +95,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         with torch.autocast(hidden.device.type, enabled=False):
             h, w = hidden.to(dtype), weight.to(dtype)
             n, vocab = h.shape[0], w.shape[0]
-            rows = max(1, CHUNK_ELEMENTS // vocab)
+            rows = max(1, (CHUNK_ELEMENTS if h.device.type == "cpu" else GPU_CHUNK_ELEMENTS) // vocab)
             ce_sum = torch.zeros((), dtype=torch.float32, device=h.device)
             z_sum = torch.zeros((), dtype=torch.float32, device=h.device)
             grad_h = torch.empty_like(h) if needs_grad else None
