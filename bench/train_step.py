@@ -92,7 +92,7 @@ def main() -> None:
           f"fp32, {args.threads} threads{', compiled blocks' if args.compile else ''}, "
           f"malloc {'keeping freed memory (both sides)' if args.keep_freed_memory else 'as the system set it'}")
     print(f"MFU = 6*(non-embedding + lm_head params) + 12*layers*d_model*seq FLOPs per token "
-          f"/ measured matmul peak {peak / 1e9:.0f} GFLOP/s")
+          f"/ measured fp32 matmul peak {peak / 1e9:.0f} GFLOP/s (MKL or oneDNN, the faster)")
     for name, s in seconds.items():
         print(f"  {name:13s} {s * 1e3:8.1f} ms/step  {tokens / s:9.0f} tokens/s  MFU {flops / s / peak:6.1%}")
     print(f"ratio olmolab / transformers (tokens/s): {seconds['transformers'] / seconds['olmolab']:.2f}x")
