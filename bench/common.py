@@ -36,10 +36,15 @@ def median_time(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
-def interleaved_medians(fns: dict[str, Callable[[], object]], rounds: int, per_round: int = 1) -> dict[str, float]:
-    """Median seconds per call of each fn, alternating them so drift hits all sides alike."""
+def interleaved_samples(fns: dict[str, Callable[[], object]], rounds: int, per_round: int = 1) -> dict[str, list[float]]:
+    """Seconds per call of each fn, one sample a round, alternating them so drift hits all sides alike."""
     samples: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
             samples[name].append(median_time(fn, per_round))
-    return {name: statistics.median(s) for name, s in samples.items()}
+    return samples
+
+
+def interleaved_medians(fns: dict[str, Callable[[], object]], rounds: int, per_round: int = 1) -> dict[str, float]:
+    """Median seconds per call of each fn, alternating them so drift hits all sides alike."""
+    return {name: statistics.median(s) for name, s in interleaved_samples(fns, rounds, per_round).items()}

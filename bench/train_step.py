@@ -14,6 +14,7 @@ setting olmolab's trainer uses on CPU, which removes that cost: compare the two.
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -21,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import BENCH_BATCH, BENCH_MODEL, BENCH_SEQ_LEN, interleaved_medians, setup
+from common import BENCH_BATCH, BENCH_MODEL, BENCH_SEQ_LEN, interleaved_samples, setup
 
 from olmolab import Transformer
 from olmolab.allocator import keep_freed_memory
@@ -85,7 +86,8 @@ def main() -> None:
     for step in steps.values():  # warm-up: allocator, AdamW state, compilation
         step(), step()
     peak = measure_matmul_flops(n=2048)  # the trainer's own MFU denominator
-    seconds = interleaved_medians(steps, rounds=args.rounds)
+    samples = interleaved_samples(steps, rounds=args.rounds)
+    seconds = {name: statistics.median(s) for name, s in samples.items()}
     tokens = BENCH_BATCH * BENCH_SEQ_LEN
     flops = BENCH_MODEL.flops_per_token(BENCH_SEQ_LEN) * tokens
     print(f"bench model: {BENCH_MODEL.num_params() / 1e6:.1f}M params, batch {BENCH_BATCH} x seq {BENCH_SEQ_LEN}, "
@@ -94,7 +96,8 @@ def main() -> None:
     print(f"MFU = 6*(non-embedding + lm_head params) + 12*layers*d_model*seq FLOPs per token "
           f"/ measured fp32 matmul peak {peak / 1e9:.0f} GFLOP/s (MKL or oneDNN, the faster)")
     for name, s in seconds.items():
-        print(f"  {name:13s} {s * 1e3:8.1f} ms/step  {tokens / s:9.0f} tokens/s  MFU {flops / s / peak:6.1%}")
+        spread = f"rounds {min(samples[name]) * 1e3:.0f}-{max(samples[name]) * 1e3:.0f} ms"
+        print(f"  {name:13s} {s * 1e3:8.1f} ms/step  {tokens / s:9.0f} tokens/s  MFU {flops / s / peak:6.1%}  ({spread})")
     print(f"ratio olmolab / transformers (tokens/s): {seconds['transformers'] / seconds['olmolab']:.2f}x")
 
 
