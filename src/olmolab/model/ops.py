@@ -116,7 +116,7 @@ def onednn_linear_works() -> bool:
     weight as it is, transposed, and packed in oneDNN's blocked layout, as decoding uses it)."""
     try:
         g = torch.Generator().manual_seed(0)  # not the global RNG: sampling must not depend on this check
-        weight, x = torch.randn(24, 16, generator=g), torch.randn(3, 16, generator=g)
+        weight, x = (torch.randn(*shape, generator=g, device="cpu") for shape in ((24, 16), (3, 16)))
         packed = torch.ops.mkldnn._reorder_linear_weight(weight, 8)
         expected = F.linear(x, weight)
         return all(
