@@ -33,6 +33,14 @@ def test_halves_give_sdpas_values_and_gradients(T, kv_heads):
                                rtol=1e-5, atol=1e-5)
 
 
+def test_halves_take_any_layout():
+    """The model's q, k, v are transposed views of (B, T, heads, hd); a KV cache's are (B, heads, T, hd)."""
+    q, k, v = (t.contiguous() for t in qkv(384, kv_heads=2))
+    assert halves_pay(q)
+    torch.testing.assert_close(values_and_grads(causal_attention, q, k, v), values_and_grads(sdpa, q, k, v),
+                               rtol=1e-5, atol=1e-5)
+
+
 def test_without_autograd_the_halves_give_the_same_values():
     q, k, v = qkv(512)
     with torch.no_grad():

@@ -128,6 +128,17 @@ def test_decoding_with_kv_cache_matches_a_full_forward(name):
     assert cache.length == 14
 
 
+def test_a_prompt_in_halved_attention_range_gives_the_same_logits_through_the_cache():
+    model = tiny(max_seq_len=512)  # GQA: 4 heads, 2 kv heads
+    ids = torch.randint(0, 500, (1, 400))
+    with torch.no_grad():
+        full = model(ids)
+        cache = KVCache.allocate(model.config, batch_size=1, max_len=512)
+        prefill = model(ids[:, :384], cache=cache)  # keys come from the cache buffer's layout
+        rest = model(ids[:, 384:], cache=cache)
+    torch.testing.assert_close(torch.cat([prefill, rest], dim=1), full, atol=1e-4, rtol=1e-4)
+
+
 def test_a_static_cache_without_a_mask_is_refused():
     model = tiny()
     cache = KVCache.allocate(model.config, batch_size=1, max_len=16)
