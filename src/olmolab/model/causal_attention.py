@@ -80,7 +80,7 @@ class _HalvedCausalAttention(torch.autograd.Function):
         first, second = slice(0, half), slice(half, None)
         # The two diagonal squares, each half against its own keys, causally.
         out_diag, lse_diag = _flash(_halves(q), _halves(k), _halves(v), 0.0, True)
-        out, lse = _joined(out_diag).float(), _joined(lse_diag).contiguous()  # (B, H, T, hd), (B, H, T)
+        out, lse = _joined(out_diag), _joined(lse_diag).contiguous()  # (B, H, T, hd), (B, H, T)
         # The rectangle below: the second half's queries against the first half's keys, unmasked.
         out_below, lse_below = _flash(q[:, :, second], k[:, :, first], v[:, :, first], 0.0, False)
         lse_square = lse[:, :, second]

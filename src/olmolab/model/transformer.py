@@ -144,7 +144,8 @@ def write_cache(cache: tuple[Tensor, Tensor], k: Tensor, v: Tensor, start: int |
 
 def continuing_causal_mask(start: int | Tensor, length: int, device) -> Tensor | None:
     """The mask for `length` new tokens after `start` cached ones, or None where none is needed
-    (a first chunk is plainly causal; one new token may see every cached one)."""
+    (a first chunk is plainly causal; one new token may see every cached one). A static cache
+    (a tensor `start`) is refused: only its caller knows which slots are written."""
     if isinstance(start, Tensor):
         raise ValueError(
             "a KVCache whose length is a tensor (a static cache) needs an attn_mask that hides the "
