@@ -80,10 +80,24 @@ def test_fused_loss_matches_the_reference_loss_and_its_gradients(z, monkeypatch)
     hidden.grad = weight.grad = None
     fused = linear_cross_entropy(hidden, weight, labels, z_loss_multiplier=z)
     (2.0 * fused.loss).backward()  # the upstream gradient must be honoured too
+    # fp64 in, fp64 throughout: agreement far beyond fp32's ~1e-7
+    exact = dict(rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(fused.loss, ref.loss, **exact)
+    torch.testing.assert_close(fused.z_loss, ref.z_loss, **exact)
+    torch.testing.assert_close(hidden.grad, 2 * ref_grads[0], **exact)
+    torch.testing.assert_close(weight.grad, 2 * ref_grads[1], **exact)
+
+
+def test_fused_loss_is_exact_for_extreme_logits():
+    """Logit gaps of thousands underflow most probabilities to zero: the loss must not."""
+    hidden = torch.randn(24, 16) * 30
+    weight = torch.randn(200, 16) * 30
+    labels = torch.randint(0, 200, (24,))
+    ref = cross_entropy_loss(hidden @ weight.T, labels, z_loss_multiplier=1e-4)
+    fused = linear_cross_entropy(hidden, weight, labels, z_loss_multiplier=1e-4)
+    assert ref.ce_loss > 1000  # confidently wrong on most tokens
     torch.testing.assert_close(fused.loss, ref.loss)
     torch.testing.assert_close(fused.z_loss, ref.z_loss)
-    torch.testing.assert_close(hidden.grad, 2 * ref_grads[0])
-    torch.testing.assert_close(weight.grad, 2 * ref_grads[1])
 
 
 def test_z_loss_is_mean_squared_log_normaliser_times_multiplier():
