@@ -5,7 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from olmolab.model.ops import linear, onednn_linear_works, rms_norm, rotary
+from olmolab.model import ops
+from olmolab.model.ops import cpu_matmul_library, linear, onednn_linear_works, rms_norm, rotary
 
 
 def composite_rotary(x, cos, sin):
@@ -85,14 +86,51 @@ def test_compiled_blocks_train_like_eager_ones():
     )
 
 
+@pytest.fixture
+def matmul_library(monkeypatch):
+    """Sets the CPU matmul library for one test (the choice is cached per process)."""
+    def choose(library: str | None = None, vendor: str | None = None):
+        monkeypatch.setattr(ops, "cpu_vendor", lambda: vendor)
+        if library is None:
+            monkeypatch.delenv(ops.CPU_MATMUL_ENV, raising=False)
+        else:
+            monkeypatch.setenv(ops.CPU_MATMUL_ENV, library)
+        cpu_matmul_library.cache_clear()
+    yield choose
+    cpu_matmul_library.cache_clear()
+
+
 @pytest.mark.skipif(not onednn_linear_works(), reason="this torch build has no oneDNN linear")
-def test_linear_by_onednn_gives_f_linears_values_and_gradients():
+def test_linear_by_onednn_gives_f_linears_values_and_gradients(matmul_library):
+    matmul_library("onednn")
     g = torch.Generator().manual_seed(0)
     x, weight = torch.randn(3, 5, 16, generator=g), torch.randn(24, 16, generator=g) / 4
+    out = linear(x.requires_grad_(), weight)
+    assert out.grad_fn.name().endswith("_OneDNNLinearBackward")  # the oneDNN path, not F.linear
     torch.testing.assert_close(values_and_grads(linear, x, weight), values_and_grads(F.linear, x, weight),
                                rtol=1e-5, atol=1e-5)
     with torch.no_grad():
         torch.testing.assert_close(linear(x, weight), F.linear(x, weight), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not onednn_linear_works(), reason="this torch build has no oneDNN linear")
+def test_matmul_library_is_onednn_on_amd_and_mkl_on_intel(matmul_library):
+    matmul_library(vendor="AuthenticAMD")
+    assert cpu_matmul_library() == "onednn"
+    matmul_library(vendor="GenuineIntel")
+    assert cpu_matmul_library() == "mkl"
+    x = torch.randn(4, 16, requires_grad=True)
+    assert linear(x, torch.randn(8, 16)).grad_fn.name() != "_OneDNNLinearBackward"
+    matmul_library(vendor=None)  # no /proc/cpuinfo (macOS, Windows): what F.linear does
+    assert cpu_matmul_library() == "mkl"
+
+
+def test_matmul_library_can_be_set_and_a_bad_setting_says_what_is_allowed(matmul_library):
+    matmul_library("mkl", vendor="AuthenticAMD")
+    assert cpu_matmul_library() == "mkl"
+    matmul_library("openblas")
+    with pytest.raises(ValueError, match="OLMOLAB_CPU_MATMUL='openblas': expected 'onednn' or 'mkl'"):
+        cpu_matmul_library()
 
 
 def test_linear_keeps_f_linear_for_bf16():

@@ -13,17 +13,19 @@ Both compute in fp32 whatever the input dtype (as OLMo and transformers do) and 
 input's dtype. Where no backward will run, and under `torch.compile`, both are the plain
 formulas instead (see `_hand_written_backward_pays`).
 
-Linear layers. `F.linear` on CPU calls MKL, which on the AMD EPYC CPUs this project runs on is
-slower than oneDNN at the model's shapes: a (4096 x 384) @ (384 x 1152) product ran at 167-196
-GFLOP/s against 218. `linear` computes fp32 CPU products and input gradients with oneDNN, and
-keeps MKL for weight gradients, where oneDNN would need transposed copies of the activations.
-The bench model's four projections, forward plus backward, run 1.06-1.09x as fast
-(`python bench/linear.py`), ~100 ms of a 3 s bench training step.
+Linear layers. `F.linear` on CPU calls MKL, which on AMD CPUs is slower than oneDNN at the
+model's shapes: on an AMD EPYC a (4096 x 384) @ (384 x 1152) product ran at 167-196 GFLOP/s
+against 218, and the bench model's four projections, forward plus backward, 1.06-1.09x as fast
+on oneDNN. On an Intel Xeon (AVX-512) it is the other way round: MKL 1.08-1.10x as fast as oneDNN. So
+`linear` computes fp32 CPU products and input gradients with the library that suits the CPU
+(`cpu_matmul_library`), and keeps MKL for weight gradients, where oneDNN would need transposed
+copies of the activations. `python bench/linear.py` times both on the machine at hand.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 import torch.nn.functional as F
@@ -153,15 +155,49 @@ class _OneDNNLinear(torch.autograd.Function):
         return grad_x, grad_weight
 
 
+CPU_MATMUL_ENV = "OLMOLAB_CPU_MATMUL"
+
+
+def cpu_vendor() -> str | None:
+    """The CPU's vendor id as Linux reports it ("GenuineIntel", "AuthenticAMD"), else None."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+@functools.cache
+def cpu_matmul_library() -> str:
+    """Which library multiplies the model's fp32 CPU projections: "onednn" or "mkl" (`F.linear`).
+
+    oneDNN on AMD CPUs, MKL everywhere else (see the module docstring for the measurements).
+    Chosen by the CPU, not timed at start-up: a timing could pick differently on the next start,
+    and a resumed run must compute what the interrupted one would have, bit for bit.
+    `OLMOLAB_CPU_MATMUL=onednn` or `=mkl` overrides the choice.
+    """
+    wanted = os.environ.get(CPU_MATMUL_ENV, "").strip().lower()
+    if wanted not in ("", "onednn", "mkl"):
+        raise ValueError(f"{CPU_MATMUL_ENV}={wanted!r}: expected 'onednn' or 'mkl' (or unset, to choose by CPU)")
+    if wanted == "onednn" and not onednn_linear_works():
+        raise ValueError(f"{CPU_MATMUL_ENV}=onednn, but this torch build has no working oneDNN linear")
+    if not wanted:
+        wanted = "onednn" if cpu_vendor() == "AuthenticAMD" and onednn_linear_works() else "mkl"
+    return wanted
+
+
 def linear(x: Tensor, weight: Tensor) -> Tensor:
-    """`F.linear(x, weight)` (no bias); fp32 on CPU by oneDNN where this build has it."""
+    """`F.linear(x, weight)` (no bias); fp32 on CPU by oneDNN where `cpu_matmul_library` says so."""
     if (
         x.device.type == "cpu"
         and x.dtype == weight.dtype == torch.float32
         and x.dim() >= 2
         and not torch.is_autocast_enabled("cpu")
         and not torch.compiler.is_compiling()  # inductor picks its own matmuls
-        and onednn_linear_works()
+        and cpu_matmul_library() == "onednn"
     ):
         if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
             return _OneDNNLinear.apply(x, weight)
