@@ -1,9 +1,12 @@
 """One training step (forward, backward, grad clipping, AdamW) of olmolab vs transformers.
 
-Same weights, same batch, same optimizer settings, same process; the two sides alternate.
-Prints tokens/s of each, MFU against this machine's measured fp32 matmul peak, and the ratio.
+Same weights, same batch, same optimizer settings, same process; the sides alternate. olmolab
+runs twice: eager, and with each block torch.compile'd (`trainer.compile`, what inductor's
+fusion of the elementwise work between the matmuls is worth on this CPU: ~10% on an Intel Xeon,
+about nothing on an AMD EPYC). Prints tokens/s of each, MFU against this machine's measured
+fp32 matmul peak, and each olmolab mode's ratio to transformers.
 
-    python bench/train_step.py [--rounds 7] [--compile] [--keep-freed-memory]
+    python bench/train_step.py [--rounds 7] [--no-compile] [--keep-freed-memory]
 
 By default both sides run with the system's malloc, which returns large freed blocks to the
 OS; transformers allocates more large temporaries than olmolab and pays more for that (page
@@ -14,6 +17,7 @@ setting olmolab's trainer uses on CPU, which removes that cost: compare the two.
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import sys
 import tempfile
@@ -60,7 +64,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--compile", action="store_true", help="torch.compile each olmolab block")
+    parser.add_argument("--no-compile", action="store_true",
+                        help="eager olmolab only (no C++ compiler here, or to save the compilation)")
     parser.add_argument("--keep-freed-memory", action="store_true",
                         help="tune malloc as olmolab's trainer does on CPU (olmolab/allocator.py), for both sides")
     args = parser.parse_args()
@@ -73,16 +78,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         hf.export(ours, tmp)
         theirs = AutoModelForCausalLM.from_pretrained(tmp, attn_implementation="sdpa").train()
-    if args.compile:
-        for block in ours.blocks:
+    compiled = None
+    if not args.no_compile:
+        compiled = copy.deepcopy(ours)
+        for block in compiled.blocks:
             block.compile()
 
     ids = torch.randint(0, BENCH_MODEL.vocab_size, (BENCH_BATCH, BENCH_SEQ_LEN))
     labels = torch.cat([ids[:, 1:], torch.full((BENCH_BATCH, 1), -100)], dim=1)
-    steps = {
-        "olmolab": olmolab_step(ours, adamw(ours), ids, labels),
-        "transformers": transformers_step(theirs, adamw(theirs), ids),
-    }
+    steps = {"olmolab": olmolab_step(ours, adamw(ours), ids, labels)}
+    if compiled is not None:
+        steps["olmolab compiled"] = olmolab_step(compiled, adamw(compiled), ids, labels)
+    steps["transformers"] = transformers_step(theirs, adamw(theirs), ids)
     for step in steps.values():  # warm-up: allocator, AdamW state, compilation
         step(), step()
     peak = measure_matmul_flops(n=2048)  # the trainer's own MFU denominator
@@ -91,14 +98,16 @@ def main() -> None:
     tokens = BENCH_BATCH * BENCH_SEQ_LEN
     flops = BENCH_MODEL.flops_per_token(BENCH_SEQ_LEN) * tokens
     print(f"bench model: {BENCH_MODEL.num_params() / 1e6:.1f}M params, batch {BENCH_BATCH} x seq {BENCH_SEQ_LEN}, "
-          f"fp32, {args.threads} threads{', compiled blocks' if args.compile else ''}, "
+          f"fp32, {args.threads} threads, "
           f"malloc {'keeping freed memory (both sides)' if args.keep_freed_memory else 'as the system set it'}")
     print(f"MFU = 6*(non-embedding + lm_head params) + 12*layers*d_model*seq FLOPs per token "
           f"/ measured fp32 matmul peak {peak / 1e9:.0f} GFLOP/s (MKL or oneDNN, the faster)")
     for name, s in seconds.items():
         spread = f"rounds {min(samples[name]) * 1e3:.0f}-{max(samples[name]) * 1e3:.0f} ms"
-        print(f"  {name:13s} {s * 1e3:8.1f} ms/step  {tokens / s:9.0f} tokens/s  MFU {flops / s / peak:6.1%}  ({spread})")
-    print(f"ratio olmolab / transformers (tokens/s): {seconds['transformers'] / seconds['olmolab']:.2f}x")
+        print(f"  {name:16s} {s * 1e3:8.1f} ms/step  {tokens / s:9.0f} tokens/s  MFU {flops / s / peak:6.1%}  ({spread})")
+    for name in steps:
+        if name != "transformers":
+            print(f"ratio {name} / transformers (tokens/s): {seconds['transformers'] / seconds[name]:.2f}x")
 
 
 if __name__ == "__main__":

@@ -1,12 +1,12 @@
-"""The hand-written RMSNorm and RoPE equal autograd's composites, and `linear` equals F.linear:
-values and gradients."""
+"""The hand-written RMSNorm, RoPE and SwiGLU equal autograd's composites, and `linear` equals
+F.linear: values and gradients."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from olmolab.model import ops
-from olmolab.model.ops import cpu_matmul_library, linear, onednn_linear_works, rms_norm, rotary
+from olmolab.model.ops import cpu_matmul_library, linear, onednn_linear_works, rms_norm, rotary, swiglu
 
 
 def composite_rotary(x, cos, sin):
@@ -44,11 +44,23 @@ def test_rotary_matches_rotate_half_and_is_a_rotation():
     torch.testing.assert_close(rotary(x, cos, sin).norm(dim=-1), x.norm(dim=-1))  # lengths kept
 
 
+def test_swiglu_matches_silu_gate_times_up_and_writes_one_gradient_buffer():
+    x = torch.randn(3, 5, 2 * 16, generator=torch.Generator().manual_seed(0)) * 3
+
+    def composite(t):
+        up, gate = t.chunk(2, dim=-1)
+        return F.silu(gate) * up
+
+    torch.testing.assert_close(values_and_grads(swiglu, x), values_and_grads(composite, x), rtol=1e-6, atol=1e-6)
+    out = swiglu(x.requires_grad_())
+    assert out.grad_fn.name().endswith("_SwiGLUBackward")  # not autograd's split-then-concatenate
+
+
 def test_without_autograd_the_plain_formulas_give_the_same_values():
     x = torch.randn(4, 3, 2, 8, requires_grad=True)
     angles = torch.rand(3, 1, 4)
     weight = torch.rand(8, requires_grad=True)
-    for fn in (lambda t: rms_norm(t, weight, 1e-6), lambda t: rotary(t, angles.cos(), angles.sin())):
+    for fn in (lambda t: rms_norm(t, weight, 1e-6), lambda t: rotary(t, angles.cos(), angles.sin()), swiglu):
         with torch.no_grad():
             plain = fn(x)
         torch.testing.assert_close(plain, fn(x).detach(), rtol=1e-6, atol=1e-6)

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from olmolab.model.causal_attention import causal_attention
 from olmolab.model.config import ModelConfig
 from olmolab.model.loss import LMLoss, linear_cross_entropy
-from olmolab.model.ops import linear, rms_norm, rotary
+from olmolab.model.ops import linear, rms_norm, rotary, swiglu
 
 
 class Linear(nn.Linear):
@@ -205,8 +205,7 @@ class FeedForward(nn.Module):
         self.w_out = Linear(config.mlp_hidden_size, config.d_model)
 
     def forward(self, x: Tensor) -> Tensor:
-        up, gate = self.w_in(x).chunk(2, dim=-1)
-        return self.w_out(F.silu(gate) * up)
+        return self.w_out(swiglu(self.w_in(x)))  # silu(gate) * up, with a leaner backward (ops.py)
 
 
 class Block(nn.Module):
