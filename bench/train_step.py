@@ -2,9 +2,10 @@
 
 Same weights, same batch, same optimizer settings, same process; the sides alternate. olmolab
 runs twice: eager, and with each block torch.compile'd (`trainer.compile`, what inductor's
-fusion of the elementwise work between the matmuls is worth on this CPU: ~10% on an Intel Xeon,
+fusion of the elementwise work between the matmuls is worth on this CPU: 1-10% on an Intel Xeon,
 about nothing on an AMD EPYC). Prints tokens/s of each, MFU against this machine's measured
-fp32 matmul peak, and each olmolab mode's ratio to transformers.
+fp32 matmul peak, and each olmolab mode's ratio to transformers: of the median rounds, and of
+each side's fastest round (on a shared machine, the round the other tenants disturbed least).
 
     python bench/train_step.py [--rounds 7] [--no-compile] [--keep-freed-memory]
 
@@ -114,7 +115,9 @@ def main() -> None:
         print(f"  {name:16s} {s * 1e3:8.1f} ms/step  {tokens / s:9.0f} tokens/s  MFU {flops / s / peak:6.1%}  ({spread})")
     for name in steps:
         if name != "transformers":
-            print(f"ratio {name} / transformers (tokens/s): {seconds['transformers'] / seconds[name]:.2f}x")
+            best = min(samples["transformers"]) / min(samples[name])
+            print(f"ratio {name} / transformers (tokens/s): {seconds['transformers'] / seconds[name]:.2f}x "
+                  f"(fastest rounds: {best:.2f}x)")
 
 
 if __name__ == "__main__":
