@@ -7,19 +7,19 @@ several passes each way (RMSNorm: pow, mean, rsqrt, two multiplies, and their gr
 a concatenation to rotate half the features, two multiplies and their gradients; SwiGLU: silu,
 a multiply, their gradients, and a concatenation of the two halves' gradients). Written out,
 each is two or three passes forward and about three backward: on the bench shapes each runs
-1.4-3x as fast as its composite, forward plus backward (`python bench/ops.py`). Values are the same functions, to fp32
-rounding; `tests/model/test_ops.py` checks them and their gradients against the composites.
-RMSNorm and RoPE compute in fp32 whatever the input dtype (as OLMo and transformers do) and
+1.4-3x as fast as its composite, forward plus backward (`python bench/ops.py`). Values are the
+same functions, to fp32 rounding; `tests/model/test_ops.py` checks them and their gradients
+against the composites. RMSNorm and RoPE compute in fp32 whatever the input dtype (as OLMo and transformers do) and
 return the input's dtype. Where no backward will run, and under `torch.compile`, all three are
 the plain formulas instead (see `_hand_written_backward_pays`).
 
 Linear layers. `F.linear` on CPU calls MKL, which on AMD CPUs is slower than oneDNN at the
 model's shapes: on an AMD EPYC a (4096 x 384) @ (384 x 1152) product ran at 167-196 GFLOP/s
 against 218, and the bench model's four projections, forward plus backward, 1.06-1.09x as fast
-on oneDNN. On an Intel Xeon (AVX-512) it is the other way round: MKL 1.08-1.10x as fast as oneDNN. So
-`linear` computes fp32 CPU products and input gradients with the library that suits the CPU
-(`cpu_matmul_library`), and keeps MKL for weight gradients, where oneDNN would need transposed
-copies of the activations. `python bench/linear.py` times both on the machine at hand.
+on oneDNN. On an Intel Xeon (AVX-512) it is the other way round: MKL 1.08-1.10x as fast as
+oneDNN. So `linear` computes fp32 CPU products and input gradients with the library that suits
+the CPU (`cpu_matmul_library`), and keeps MKL for weight gradients, where oneDNN would need
+transposed copies of the activations. `python bench/linear.py` times both on the machine at hand.
 """
 
 from __future__ import annotations
