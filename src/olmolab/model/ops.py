@@ -9,9 +9,9 @@ a multiply, their gradients, and a concatenation of the two halves' gradients). 
 each is two or three passes forward and about three backward: on the bench shapes each runs
 1.4-3x as fast as its composite, forward plus backward (`python bench/ops.py`). Values are the
 same functions, to fp32 rounding; `tests/model/test_ops.py` checks them and their gradients
-against the composites. RMSNorm and RoPE compute in fp32 whatever the input dtype (as OLMo and transformers do) and
-return the input's dtype. Where no backward will run, and under `torch.compile`, all three are
-the plain formulas instead (see `_hand_written_backward_pays`).
+against the composites. RMSNorm and RoPE compute in fp32 whatever the input dtype (as OLMo and
+transformers do) and return the input's dtype. Where no backward will run, and under
+`torch.compile`, all three are the plain formulas instead (see `_hand_written_backward_pays`).
 
 Linear layers. `F.linear` on CPU calls MKL, which on AMD CPUs is slower than oneDNN at the
 model's shapes: on an AMD EPYC a (4096 x 384) @ (384 x 1152) product ran at 167-196 GFLOP/s
