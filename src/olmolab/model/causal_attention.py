@@ -20,7 +20,8 @@ from 384 to 512 tokens only: below, the halves fall under 192 queries, where the
 to tiles half as tall; above, the kernel's own 512-key skipping starts to work. Elsewhere (and
 on other devices, in other dtypes) this is plain SDPA. torch.compile traces the halves as they
 are (inductor calls the same kernels): compiled blocks of the bench model then trained at 2833
-ms per step, against 3029 with plain SDPA in them (`bench/train_step.py --compile --keep-freed-memory`).
+ms per step, against 3029 with plain SDPA in them on an AMD EPYC (the "olmolab compiled" side of
+`bench/train_step.py --keep-freed-memory`).
 """
 
 from __future__ import annotations
