@@ -89,15 +89,40 @@ def test_fused_loss_matches_the_reference_loss_and_its_gradients(z, monkeypatch)
 
 
 def test_fused_loss_is_exact_for_extreme_logits():
-    """Logit gaps of thousands underflow most probabilities to zero: the loss must not."""
-    hidden = torch.randn(24, 16) * 30
-    weight = torch.randn(200, 16) * 30
+    """Logit gaps of thousands underflow most probabilities to zero (the label's too, from which
+    the fused loss takes its log-normaliser): the loss and its gradients must not."""
+    hidden = (torch.randn(24, 16, dtype=torch.float64) * 30).requires_grad_()
+    weight = (torch.randn(200, 16, dtype=torch.float64) * 30).requires_grad_()
     labels = torch.randint(0, 200, (24,))
+    labels[0] = (hidden[0] @ weight.T).argmax()  # one confident and right: its label is sure
     ref = cross_entropy_loss(hidden @ weight.T, labels, z_loss_multiplier=1e-4)
+    ref.loss.backward()
+    ref_grads = hidden.grad.clone(), weight.grad.clone()
+    hidden.grad = weight.grad = None
     fused = linear_cross_entropy(hidden, weight, labels, z_loss_multiplier=1e-4)
-    assert ref.ce_loss > 1000  # confidently wrong on most tokens
-    torch.testing.assert_close(fused.loss, ref.loss)
-    torch.testing.assert_close(fused.z_loss, ref.z_loss)
+    fused.loss.backward()
+    assert ref.ce_loss > 1000  # confidently wrong on most tokens (even fp64 underflows)
+    torch.testing.assert_close(fused.loss, ref.loss, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(fused.z_loss, ref.z_loss, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(hidden.grad, ref_grads[0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(weight.grad, ref_grads[1], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("sync_free", [False, True], ids=["cpu-way", "gpu-way"])
+def test_log_normaliser_from_the_softmax_equals_logsumexp(sync_free):
+    """Both ways the fused loss recovers logsumexp from an in-place softmax, on rows whose label
+    is likely, unlikely, and underflowed to probability zero."""
+    h = torch.randn(6, 8, dtype=torch.float64) * torch.tensor([0.1, 1, 5, 20, 100, 1000], dtype=torch.float64)[:, None]
+    w = torch.randn(50, 8, dtype=torch.float64)
+    logits = h @ w.T
+    labels = logits.argmin(dim=-1, keepdim=True)  # the least likely label of each row
+    ok = torch.ones(6, dtype=torch.bool)
+    probs = torch.softmax(logits, dim=-1)
+    assert probs.gather(1, labels)[-1] == 0  # underflowed
+    lse = loss_module._logsumexp_from_softmax(
+        probs, logits.gather(1, labels).squeeze(1), labels, ok, logits.amax(dim=-1) if sync_free else None, h, w
+    )
+    torch.testing.assert_close(lse, torch.logsumexp(logits, dim=-1), rtol=1e-12, atol=1e-12)
 
 
 def test_z_loss_is_mean_squared_log_normaliser_times_multiplier():

@@ -88,6 +88,32 @@ def _compute_dtype(t: Tensor) -> torch.dtype:
     return t.dtype
 
 
+# Below this probability of its label, a row's log-sum-exp is recomputed from its logits (see
+# `_logsumexp_from_softmax`): 2^-64, a label 44 nats below the normaliser.
+_TINY_LABEL_PROBABILITY = 2.0**-64
+
+
+def _logsumexp_from_softmax(probs, target, target_ids, ok, row_max, h, w):
+    """Each row's log-sum-exp, from its softmax `probs` and its label's logit `target`.
+
+    softmax = exp(logit - lse), so lse = logit - log(probability) at any entry. At the label that
+    costs no sweep of the chunk; it is exact while the label's probability is a normal float.
+    Labelled rows whose label is too unlikely for that (a model confidently wrong: rare) get
+    their log-sum-exp from their logits, recomputed from the chunk's hidden states `h` and the
+    lm head `w`. That branch on the data would stall a GPU's queue every chunk; there `row_max`
+    (the logits' max, taken before the softmax) is given instead, and lse = max - log(largest
+    probability), one sweep of the chunk more.
+    """
+    if row_max is not None:
+        return row_max - probs.amax(dim=-1).log()
+    label_probs = probs.gather(1, target_ids).squeeze(1)
+    lse = target - label_probs.log()
+    unsure = ok & (label_probs < _TINY_LABEL_PROBABILITY)
+    if unsure.any():
+        lse[unsure] = torch.logsumexp((h[unsure] @ w.T).to(lse.dtype), dim=-1)
+    return lse
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, labels, valid, div, z_mult):
@@ -102,7 +128,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
             ce_sum = torch.zeros((), dtype=acc_dtype, device=h.device)
             z_sum = torch.zeros((), dtype=acc_dtype, device=h.device)
             grad_h = torch.empty_like(h) if needs_grad else None
-            grad_w = torch.zeros(w.shape, dtype=acc_dtype, device=w.device) if needs_grad else None
+            grad_w = None
+            if needs_grad:  # not zeroed where the first chunk's matmul overwrites it
+                grad_w = (torch.empty if dtype == acc_dtype else torch.zeros)(w.shape, dtype=acc_dtype, device=w.device)
             # Every chunk's logits, then its gradient, are written into this one buffer: on a CPU a
             # fresh block this large would come from the OS, page-faulting anew for every chunk.
             buffer = torch.empty(min(rows, n), vocab, dtype=dtype, device=h.device)
@@ -113,25 +141,27 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 target = logits.gather(1, target_ids).squeeze(1)
                 # The softmax in place, by the fused kernel that finishes each row while it is still
                 # in cache (one sweep of the chunk, not four for max, subtract, exp and sum); it
-                # is also the gradient's main term. logsumexp comes back from the largest
-                # probability, exp(0) / sum = 1 / sum: lse = max + log(sum) = max - log(p_max).
-                row_max = logits.amax(dim=-1)
+                # is also the gradient's main term.
+                row_max = logits.amax(dim=-1) if logits.is_cuda else None
                 probs = torch.softmax(logits, dim=-1, out=logits)
-                lse = row_max - probs.amax(dim=-1).log()
+                lse = _logsumexp_from_softmax(probs, target, target_ids, ok, row_max, h[s:e], w)
                 ce_sum += torch.where(ok, lse - target, 0.0).sum()
                 z_sum += torch.where(ok, lse.square(), 0.0).sum()
                 if not needs_grad:
                     continue
-                # d(ce + z)/d logits = softmax * (1 + 2 z lse) - onehot(label), on labelled rows.
-                row_scale = torch.where(ok, (1 + 2 * z_mult * lse) / div, 0.0)
-                grad_logits = probs.mul_(row_scale[:, None])
-                grad_logits.scatter_add_(1, target_ids, torch.where(ok, -1.0 / div, 0.0)[:, None].to(acc_dtype))
-                grad_logits = grad_logits.to(dtype)
-                torch.mm(grad_logits, w, out=grad_h[s:e])
-                if dtype == acc_dtype:
-                    grad_w.addmm_(grad_logits.T, h[s:e])
+                # d(ce + z)/d logits = r * (softmax - onehot(label) / (1 + 2 z lse)) on labelled rows,
+                # with r = (1 + 2 z lse) / div. The row scale r is applied to the (rows, d) sides of
+                # the two matmuls, not to the (rows, V) chunk: that saves a sweep of the chunk.
+                lse_factor = 1 + 2 * z_mult * lse
+                row_scale = torch.where(ok, lse_factor / div, 0.0)[:, None]
+                probs.scatter_add_(1, target_ids, torch.where(ok, -1.0 / lse_factor, 0.0)[:, None].to(acc_dtype))
+                grad_logits = probs.to(dtype)
+                torch.mm(grad_logits, w, out=grad_h[s:e]).mul_(row_scale)
+                scaled_h = h[s:e] * row_scale.to(dtype)
+                if dtype == acc_dtype:  # beta 0 on the first chunk, which overwrites what was there
+                    grad_w.addmm_(grad_logits.T, scaled_h, beta=1 if s else 0)
                 else:  # a bf16 matmul, accumulated across chunks in fp32
-                    grad_w += grad_logits.T @ h[s:e]
+                    grad_w += grad_logits.T @ scaled_h
             ce, z = ce_sum / div, z_mult * z_sum / div
         if needs_grad:
             ctx.save_for_backward(grad_h, grad_w)
