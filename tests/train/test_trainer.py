@@ -142,6 +142,15 @@ def test_loading_a_checkpoint_of_another_architecture_is_refused(tiny_run, tmp_p
         Trainer(other)
 
 
+def test_compiling_on_cpu_without_a_cxx_compiler_is_refused_up_front(tiny_run, monkeypatch):
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.setattr(inductor_config.cpp, "cxx", (None, "/nonexistent/g++"))
+    path, _ = tiny_run(compile=True, device="cpu")
+    with pytest.raises(UserError, match="C\\+\\+ compiler.*trainer.compile=false"):
+        Trainer(load_run_config(path))
+
+
 def test_validation_reports_loss_perplexity_and_metrics_file(tiny_run, tmp_path):
     path, _ = tiny_run(max_steps=2, eval_interval=1)
     final = Trainer(load_run_config(path)).fit()

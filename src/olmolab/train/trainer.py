@@ -59,6 +59,18 @@ def make_labels(input_ids: torch.Tensor, label_mask: torch.Tensor | None = None)
     return labels
 
 
+def cpu_compiler_works() -> bool:
+    """Whether torch.compile's CPU backend (inductor) finds a working C++ compiler. Without one
+    compiling fails at the first step, deep in a traceback; this lets the trainer say so first."""
+    from torch._inductor import cpp_builder  # private, but it is what inductor itself asks
+
+    try:
+        cpp_builder.get_cpp_compiler()
+    except Exception:  # inductor raises its own InvalidCxxCompiler (or a subprocess error)
+        return False
+    return True
+
+
 class Trainer:
     def __init__(self, config: RunConfig):
         self.config = config
@@ -66,6 +78,11 @@ class Trainer:
         device_type = "cuda" if tc.device == "cuda" or (tc.device == "auto" and torch.cuda.is_available()) else "cpu"
         if device_type == "cuda" and not torch.cuda.is_available():
             raise UserError("trainer.device=cuda but no CUDA device is available; use trainer.device=cpu")
+        if tc.compile and device_type == "cpu" and not cpu_compiler_works():
+            raise UserError(
+                "trainer.compile=true on CPU needs a C++ compiler (torch.compile builds its kernels with "
+                "one) and none works here: install g++ or point CXX at a compiler, or set trainer.compile=false"
+            )
         self.device = dist_utils.init_from_env(device_type)
         if device_type == "cpu" and tc.keep_freed_memory:
             keep_freed_memory()
