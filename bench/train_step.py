@@ -4,8 +4,10 @@ Same weights, same batch, same optimizer settings, same process; the sides alter
 runs twice: eager, and with each block torch.compile'd (`trainer.compile`, what inductor's
 fusion of the elementwise work between the matmuls is worth on this CPU: 1-10% on an Intel Xeon,
 about nothing on an AMD EPYC). Prints tokens/s of each, MFU against this machine's measured
-fp32 matmul peak, and each olmolab mode's ratio to transformers: of the median rounds, and of
-each side's fastest round (on a shared machine, the round the other tenants disturbed least).
+fp32 matmul peak, and each olmolab mode's ratio to transformers three ways: of the median
+rounds; the median of each round's own ratio (a round runs the sides back to back, so a slow
+spell of a shared machine that outlasts it slows both); and of each side's fastest round (the
+round the other tenants disturbed least).
 
     python bench/train_step.py [--rounds 7] [--no-compile] [--keep-freed-memory]
 
@@ -115,9 +117,10 @@ def main() -> None:
         print(f"  {name:16s} {s * 1e3:8.1f} ms/step  {tokens / s:9.0f} tokens/s  MFU {flops / s / peak:6.1%}  ({spread})")
     for name in steps:
         if name != "transformers":
+            paired = statistics.median(t / o for t, o in zip(samples["transformers"], samples[name], strict=True))
             best = min(samples["transformers"]) / min(samples[name])
             print(f"ratio {name} / transformers (tokens/s): {seconds['transformers'] / seconds[name]:.2f}x "
-                  f"(fastest rounds: {best:.2f}x)")
+                  f"(median of each round's ratio: {paired:.2f}x; fastest rounds: {best:.2f}x)")
 
 
 if __name__ == "__main__":
