@@ -2,7 +2,7 @@
 
 Same weights, same batch, same optimizer settings, same process; the sides alternate. olmolab
 runs twice: eager, and with each block torch.compile'd (`trainer.compile`, what inductor's
-fusion of the elementwise work between the matmuls is worth on this CPU: 1-10% on an Intel Xeon,
+fusion of the elementwise work between the matmuls is worth on this CPU: 5-10% on an Intel Xeon,
 about nothing on an AMD EPYC). Prints tokens/s of each, MFU against this machine's measured
 fp32 matmul peak, and each olmolab mode's ratio to transformers three ways: of the median
 rounds; the median of each round's own ratio (a round runs the sides back to back, so a slow
