@@ -54,7 +54,7 @@ class TrainerConfig:
     distributed: str = "auto"
     """Under torchrun: ddp or fsdp (FSDP2); auto = ddp. Ignored in one process."""
     compile: bool = False
-    """torch.compile each block."""
+    """torch.compile each block (on CPU this needs a C++ compiler; see bench/train_step.py for what it pays)."""
     activation_checkpointing: bool = False
     keep_freed_memory: bool = True
     """On CPU, have malloc reuse freed memory instead of returning it to the OS: ~6% faster steps,
@@ -98,6 +98,8 @@ class TrainerConfig:
             raise UserError(f"trainer.distributed={self.distributed!r}: expected auto, ddp or fsdp")
         if self.reset_trainer_state and not self.load_path:
             raise UserError("trainer.reset_trainer_state needs trainer.load_path (the checkpoint to start from)")
+        if self.z_loss_multiplier < 0:
+            raise UserError(f"trainer.z_loss_multiplier={self.z_loss_multiplier}: must be 0 (off) or more (OLMo 2: 1e-5)")
 
     def check_batch(self, world_size: int) -> int:
         """Gradient-accumulation steps; refuses a batch that does not split evenly."""

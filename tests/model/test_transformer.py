@@ -125,6 +125,11 @@ def test_log_normaliser_from_the_softmax_equals_logsumexp(sync_free):
     torch.testing.assert_close(lse, torch.logsumexp(logits, dim=-1), rtol=1e-12, atol=1e-12)
 
 
+def test_fused_loss_refuses_a_negative_z_loss():
+    with pytest.raises(ValueError, match="z_loss_multiplier=-0.1: must be 0"):
+        linear_cross_entropy(torch.randn(4, 8), torch.randn(10, 8), torch.zeros(4, dtype=torch.long), z_loss_multiplier=-0.1)
+
+
 def test_z_loss_is_mean_squared_log_normaliser_times_multiplier():
     logits = torch.randn(2, 5, 11)
     labels = torch.randint(0, 11, (2, 5))

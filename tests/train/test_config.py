@@ -42,6 +42,12 @@ def test_sequence_longer_than_the_model_context_is_refused(tiny_run):
         load_run_config(path, ["data.seq_len=64"])
 
 
+def test_negative_z_loss_is_refused(tiny_run):
+    path, _ = tiny_run()
+    with pytest.raises(UserError, match=r"trainer.z_loss_multiplier=-0.001: must be 0 \(off\) or more"):
+        load_run_config(path, ["trainer.z_loss_multiplier=-1e-3"])
+
+
 def test_model_section_takes_a_preset_with_overrides(tiny_run):
     path, _ = tiny_run()
     config = load_run_config(path, ["model.n_layers=3"])

@@ -74,6 +74,8 @@ def linear_cross_entropy(
     ignore_index: int = IGNORE_INDEX,
 ) -> LMLoss:
     """The loss of `hidden @ weight.T` against `labels`, chunked. hidden: (N, d); weight: (V, d)."""
+    if z_loss_multiplier < 0:  # it would reward a large normaliser (and the gradient divides by 1 + 2 z lse)
+        raise ValueError(f"z_loss_multiplier={z_loss_multiplier}: must be 0 (no z-loss) or more")
     valid = labels != ignore_index
     div = valid.sum() if div_factor is None else div_factor
     div = torch.as_tensor(div, dtype=torch.float32, device=hidden.device)
