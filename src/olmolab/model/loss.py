@@ -156,7 +156,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 # the two matmuls, not to the (rows, V) chunk: that saves a sweep of the chunk.
                 lse_factor = 1 + 2 * z_mult * lse
                 row_scale = torch.where(ok, lse_factor / div, 0.0)[:, None]
-                probs.scatter_add_(1, target_ids, torch.where(ok, -1.0 / lse_factor, 0.0)[:, None].to(acc_dtype))
+                probs.scatter_add_(1, target_ids, torch.where(ok, -1.0 / lse_factor, 0.0)[:, None])  # lse's dtype: acc_dtype
                 grad_logits = probs.to(dtype)
                 torch.mm(grad_logits, w, out=grad_h[s:e]).mul_(row_scale)
                 scaled_h = h[s:e] * row_scale.to(dtype)
