@@ -15,6 +15,7 @@ The `model` section is either a full `ModelConfig` or `preset: NAME` plus overri
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ class TrainerConfig:
     """Seeds the model's initialisation (the data order has its own data.seed)."""
     z_loss_multiplier: float = 1e-5
     max_grad_norm: float | None = 1.0
+    """Clip the global gradient norm to this (positive); None = no clipping."""
     device: str = "auto"
     """auto (CUDA if present), cpu, cuda."""
     precision: str = "auto"
@@ -76,6 +78,9 @@ class TrainerConfig:
     spike_window: int = 128
     spike_sigmas: float = 6.0
     """A loss this many standard deviations above the recent mean is logged as a spike."""
+    max_consecutive_skipped_steps: int = 10
+    """Stop the run (non-zero exit) after this many steps in a row were skipped for a non-finite
+    loss or gradient: the run has diverged, and training on would only burn compute."""
     peak_flops: float | None = None
     """Per-device peak FLOP/s for MFU; None = measured (CPU) or the GPU's bf16 datasheet value."""
     tokenizer: str | None = None
@@ -87,9 +92,17 @@ class TrainerConfig:
     def validate(self) -> None:
         if (self.max_steps is None) == (self.max_tokens is None):
             raise UserError("trainer: give exactly one of max_steps and max_tokens")
-        for key in ("global_batch_size", "micro_batch_size", "keep_last", "log_interval"):
+        for key in ("global_batch_size", "micro_batch_size", "keep_last", "log_interval", "spike_window",
+                    "max_consecutive_skipped_steps"):
             if getattr(self, key) < 1:
                 raise UserError(f"trainer.{key}={getattr(self, key)}: must be at least 1")
+        for key in ("max_steps", "save_interval", "permanent_interval", "eval_interval", "eval_batches"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise UserError(f"trainer.{key}={getattr(self, key)}: must be at least 1 (or null: {_UNSET[key]})")
+        for key in ("max_tokens", "max_grad_norm", "peak_flops", "spike_sigmas"):
+            if getattr(self, key) is not None and getattr(self, key) <= 0:
+                raise UserError(f"trainer.{key}={getattr(self, key)}: must be positive"
+                                + (" (null turns clipping off)" if key == "max_grad_norm" else ""))
         if self.device not in ("auto", "cpu", "cuda"):
             raise UserError(f"trainer.device={self.device!r}: expected auto, cpu or cuda")
         if self.precision not in ("auto", "fp32", "bf16"):
@@ -111,6 +124,12 @@ class TrainerConfig:
                 f"{per_pass}, or change micro_batch_size"
             )
         return self.global_batch_size // per_pass
+
+
+# What each optional trainer count means when left null, for error messages.
+_UNSET = {"max_steps": "use max_tokens", "save_interval": "save only at the end",
+          "permanent_interval": "no permanent revisions", "eval_interval": "evaluate only at the end",
+          "eval_batches": "the whole validation set"}
 
 
 # ---------------------------------------------------------------------- the run config
@@ -284,14 +303,19 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             return int(value)
         raise UserError(f"{where}: expected an integer, got {value!r}")
     if hint is float:
+        number = None
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise UserError(f"{where}: expected a number, got {value!r}")
+        if number is None:
+            raise UserError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(number):  # no setting of a run means "infinite" or "not a number"
+            raise UserError(f"{where}: expected a finite number, got {value!r}")
+        return number
     if hint is str:
         if isinstance(value, str):
             return value

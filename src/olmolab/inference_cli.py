@@ -82,6 +82,7 @@ def _generate(args) -> int:
         check_tokenizer(model.config, tokenizer, source=str(args.tokenizer))
     if tokenizer is None:
         raise UserError(f"{args.checkpoint}: no tokenizer.json with this checkpoint; pass --tokenizer FILE")
+    _warn_if_window_cuts(prompts, tokenizer, model.config.max_seq_len, args.max_new_tokens)
 
     if args.prompt is not None:
         if not args.completion_only:
@@ -98,6 +99,18 @@ def _generate(args) -> int:
         for prompt, completion in zip(batch, completions, strict=True):
             print(json.dumps({"prompt": prompt, "completion": completion}, ensure_ascii=False), flush=True)
     return 0
+
+
+def _warn_if_window_cuts(prompts: list[str], tokenizer, window: int, max_new_tokens: int) -> None:
+    """Say up front when the context window, not --max-new-tokens, will end a completion."""
+    # The last new token is never fed back, so a prompt of n tokens leaves room for window - n + 1.
+    rooms = [window - max(len(tokenizer.encode(p)), 1) + 1 for p in prompts]
+    cut = [i for i, room in enumerate(rooms) if 1 <= room < max_new_tokens]  # longer prompts are refused later
+    if cut:
+        i = cut[0]
+        print(f"olmolab generate: note: {len(cut)} prompt(s) leave less room than --max-new-tokens "
+              f"{max_new_tokens} in the model's {window}-token context window (prompt {i + 1}: room for "
+              f"{rooms[i]} new tokens); their completions stop at the window", file=sys.stderr)
 
 
 def _read_prompts(path: Path) -> list[str]:

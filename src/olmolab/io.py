@@ -18,9 +18,10 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from olmolab.errors import UserError
+from olmolab.files import write_safetensors
 from olmolab.model import ModelConfig, Transformer
 
 REVISION_PATTERN = re.compile(r"^(?:.*-)?step(\d+)(?:-tokens\d+[KMBT]?)?$")
@@ -42,9 +43,7 @@ def write_model_dir(state: dict, run_config: dict, out_dir: str | Path, tokenize
     state = {k: t.detach().cpu().contiguous() for k, t in state.items()}
     if run_config["model"].get("weight_tying"):
         state.pop("lm_head.weight", None)  # the same tensor as the embeddings
-    # One metadata key only: safetensors keeps metadata in a hash map, and with two keys their
-    # order in the file (hence its bytes) would vary between two saves of the same weights.
-    save_file(state, out / "model.safetensors", metadata={"format": "pt"})
+    write_safetensors(state, out / "model.safetensors")
     (out / "config.json").write_text(json.dumps(run_config, indent=2) + "\n")
     if isinstance(tokenizer, str | Path):
         shutil.copyfile(tokenizer, out / "tokenizer.json")

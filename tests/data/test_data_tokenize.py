@@ -178,6 +178,13 @@ def test_a_bad_document_stops_the_run_naming_file_line_and_expectation(tmp_path,
     assert not list((tmp_path / "out").glob("*.npy"))  # nothing half-written looks complete
 
 
+def test_a_string_cut_off_at_the_end_of_the_file_reads_as_one_sentence(tmp_path, tokenizer):
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(b'{"text": "fine"}\n{"text": "cut off')  # json says "Unterminated string starting at"
+    with pytest.raises(BadInputError, match=r"d.jsonl:2: malformed JSON \(Unterminated string starting at column 10\)"):
+        tokenize_files([path], tokenizer, tmp_path / "out")
+
+
 def unreadable_files(tmp_path):
     lines = b"".join(b'{"text": "line %d"}\n' % i for i in range(2000))
     (tmp_path / "corrupt.jsonl.gz").write_bytes(gzip.compress(lines)[:-100])

@@ -1,6 +1,7 @@
 """`olmolab eval`: the table, the JSON with the exact prompts, checkpoints and HF exports alike."""
 
 import json
+import shutil
 from types import SimpleNamespace
 
 import numpy as np
@@ -99,3 +100,42 @@ def test_user_mistakes_are_one_line_errors(checkpoint, tmp_path, capsys):
     assert code == 2 and "nothing to evaluate" in err
     code, _, err = run_cli(capsys, "eval", checkpoint, "--tasks", "piqa", "--limit", 0)
     assert code == 2 and "--limit 0 must be a positive integer" in err
+
+
+def test_perplexity_of_a_non_utf8_file_is_one_line(checkpoint, tmp_path, capsys):
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("café au lait".encode("latin-1"))
+    code, _, err = run_cli(capsys, "eval", checkpoint, "--perplexity", latin1)
+    assert code == 2 and err.count("\n") == 1
+    assert f"{latin1}: not UTF-8 text (byte 3: invalid continuation byte)" in err
+
+
+def test_perplexity_with_a_tokenizer_of_another_model_is_refused(checkpoint, tmp_path, capsys):
+    from olmolab.tokenizer import train_bpe
+
+    bigger = train_bpe([(WIKITEXT / "valid.txt").read_text()[:100_000]], vocab_size=1024)  # 512 embeddings
+    bigger.save(tmp_path / "big.json")
+    code, _, err = run_cli(capsys, "eval", checkpoint, "--perplexity", WIKITEXT / "test.txt",
+                           "--tokenizer", tmp_path / "big.json")
+    assert code == 2 and err.count("\n") == 1
+    assert "the tokenizer has 1024 tokens but the model's embedding has only 512 rows" in err
+
+
+def test_perplexity_of_a_token_file_with_foreign_ids_names_the_vocabulary(checkpoint, tmp_path, capsys):
+    tokens = tmp_path / "foreign.npy"
+    np.array([0, 5, 900, 7, 0], dtype=np.uint16).tofile(tokens)
+    code, _, err = run_cli(capsys, "eval", checkpoint, "--perplexity", tokens, "--perplexity-dtype", "uint16")
+    assert code == 2 and err.count("\n") == 1
+    assert f"{tokens}: holds token id 900, outside the model's vocabulary of 512" in err
+
+
+def test_a_truncated_arrow_file_is_one_line(checkpoint, eval_data, tmp_path, capsys):
+    split = "hf/piqa/plain_text/validation"
+    copy = tmp_path / "data" / split
+    copy.parent.mkdir(parents=True)
+    shutil.copytree(eval_data / split, copy)
+    arrow = next(copy.glob("data-*.arrow"))
+    arrow.write_bytes(arrow.read_bytes()[: arrow.stat().st_size // 3])
+    code, _, err = run_cli(capsys, "eval", checkpoint, "--tasks", "piqa", "--limit", 2, "--data-dir", tmp_path / "data")
+    assert code == 2 and err.count("\n") == 1
+    assert f"{arrow}: not a readable Arrow stream" in err and "truncated or damaged" in err

@@ -1,8 +1,12 @@
 """The `generate` command, `--help` of every command, and one clear line (exit 2) per user mistake."""
 
 import json
+import os
+import stat
 
 import pytest
+import torch
+from safetensors.torch import load_file
 from tokenizers import AddedToken
 
 import olmolab
@@ -131,3 +135,55 @@ def test_a_checkpoint_without_tokenizer_asks_for_one(tmp_path, make_model, capsy
 def test_bad_sampling_settings_are_one_line(checkpoint, capsys):
     code, _, err = run_cli(capsys, "generate", checkpoint, "--prompt", "hi", "--top-p", "0")
     assert_one_line_error(code, err, "top_p=0.0 must be in (0, 1]")
+
+
+class RunsACommand:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_pytorch_model_bin_holding_code_is_refused_in_one_line(checkpoint, tmp_path, capsys):
+    assert main(["export", "hf", str(checkpoint), str(tmp_path / "hf")]) == 0
+    (tmp_path / "hf" / "model.safetensors").unlink()
+    marker = tmp_path / "pwned"
+    torch.save({"model.embed_tokens.weight": RunsACommand(marker)}, tmp_path / "hf" / "pytorch_model.bin")
+    code, _, err = run_cli(capsys, "generate", tmp_path / "hf", "--prompt", "hi")
+    assert_one_line_error(code, err, f"{tmp_path / 'hf' / 'pytorch_model.bin'}: refused: it holds objects other "
+                                     "than tensors")
+    assert "weights_only=False" not in err and not marker.exists()
+
+
+def test_a_pytorch_model_bin_of_tensors_loads(checkpoint, tmp_path):
+    assert main(["export", "hf", str(checkpoint), str(tmp_path / "hf")]) == 0
+    weights = load_file(tmp_path / "hf" / "model.safetensors")
+    (tmp_path / "hf" / "model.safetensors").unlink()
+    torch.save(weights, tmp_path / "hf" / "pytorch_model.bin")
+    model, _ = olmolab.load(tmp_path / "hf")
+    original, _ = olmolab.load(checkpoint)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), original.state_dict().values(),
+                                                 strict=True))
+
+
+def test_weights_files_take_their_mode_from_the_umask(make_model, tmp_path):
+    previous = os.umask(0o022)
+    try:
+        ckpt = save_model(make_model(), tmp_path / "ckpt")
+        assert main(["export", "hf", str(ckpt), str(tmp_path / "hf")]) == 0
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((ckpt / "model.safetensors").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "hf" / "model.safetensors").stat().st_mode) == 0o644
+
+
+def test_generate_says_when_the_context_window_will_cut_the_completion(tmp_path, make_model, tokenizer, capsys):
+    ckpt = save_model(make_model(max_seq_len=16), tmp_path / "ckpt", tokenizer=tokenizer)
+    prompt = "To be, or not"
+    room = 16 - len(tokenizer.encode(prompt)) + 1
+    code, _, err = run_cli(capsys, "generate", ckpt, "--prompt", prompt, "--max-new-tokens", 40, "--ignore-eos")
+    assert code == 0
+    assert f"in the model's 16-token context window (prompt 1: room for {room} new tokens)" in err
+    code, _, err = run_cli(capsys, "generate", ckpt, "--prompt", prompt, "--max-new-tokens", room)
+    assert code == 0 and "context window" not in err

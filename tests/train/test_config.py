@@ -90,3 +90,31 @@ def test_official_recipes_carry_the_published_hyperparameters():
     anneal = load_run_config(REPO_ROOT / "configs/official/olmo2-7b-stage2.yaml")
     assert (anneal.scheduler.name, anneal.scheduler.alpha_f, anneal.scheduler.units) == ("linear", 0.0, "tokens")
     assert anneal.trainer.reset_trainer_state and anneal.trainer.load_path.endswith("step928646-tokens3896B")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("trainer.max_grad_norm=-1", r"trainer.max_grad_norm=-1.0: must be positive \(null turns clipping off\)"),
+    ("trainer.max_grad_norm=0", r"trainer.max_grad_norm=0.0: must be positive"),
+    ("optim.lr=.inf", r"optim.lr: expected a finite number, got inf"),
+    ("optim.lr=.nan", r"optim.lr: expected a finite number, got nan"),
+    ("optim.lr=-1e-3", r"optim.lr=-0.001: the learning rate must be a positive, finite number"),
+    ("trainer.max_steps=0", r"trainer.max_steps=0: must be at least 1"),
+    ("trainer.max_steps=-5", r"trainer.max_steps=-5: must be at least 1"),
+    ("trainer.save_interval=-1", r"trainer.save_interval=-1: must be at least 1 \(or null: save only at the end\)"),
+    ("trainer.eval_interval=0", r"trainer.eval_interval=0: must be at least 1"),
+    ("trainer.max_consecutive_skipped_steps=0", r"trainer.max_consecutive_skipped_steps=0: must be at least 1"),
+    ("trainer.spike_sigmas=0", r"trainer.spike_sigmas=0.0: must be positive"),
+])
+def test_impossible_values_are_refused_naming_the_key(tiny_run, override, message):
+    path, _ = tiny_run()
+    with pytest.raises(UserError, match=message):
+        load_run_config(path, [override])
+
+
+def test_a_refused_value_is_one_line_on_the_command_line(tiny_run, capsys):
+    from olmolab.cli import main
+
+    path, _ = tiny_run()
+    assert main(["train", str(path), "--trainer.max_grad_norm=-1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "trainer.max_grad_norm=-1.0: must be positive" in err

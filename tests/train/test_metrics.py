@@ -1,8 +1,15 @@
-"""Seeing a run: loss spikes are flagged, MFU follows the FLOP count, curves are plotted."""
+"""Seeing a run: loss spikes are flagged, MFU follows the FLOP count, metrics.jsonl survives crashes."""
+
+import json
+import math
 
 import pytest
 
-from olmolab.train.metrics import SpikeDetector, Throughput
+from olmolab.config import load_run_config
+from olmolab.errors import UserError
+from olmolab.train import metrics as metrics_module
+from olmolab.train.metrics import MetricSinks, SpikeDetector, Throughput, read_metrics
+from olmolab.train.trainer import Trainer
 
 
 def test_a_loss_far_above_the_recent_ones_is_a_spike():
@@ -25,3 +32,63 @@ def test_mfu_is_achieved_flops_over_peak_times_devices():
     report = throughput.report()
     assert report["tokens_per_s"] == pytest.approx(1000)
     assert report["mfu"] == pytest.approx(1000 * 1e9 / 2e12)
+
+
+# ---------------------------------------------------------------------- metrics.jsonl
+
+
+def _strict_json(line: str) -> dict:
+    def refuse(constant):
+        raise ValueError(f"non-standard JSON constant {constant}")
+
+    return json.loads(line, parse_constant=refuse)
+
+
+def test_non_finite_values_are_strict_json_and_read_back_as_floats(tmp_path):
+    sinks = MetricSinks(tmp_path, enabled=True, wandb_project=None, tensorboard=False, config={})
+    sinks.log({"step": 1, "loss": math.nan, "grad_norm": math.inf, "z_loss": -math.inf, "lr": 1e-3})
+    line = (tmp_path / "metrics.jsonl").read_text().strip()
+    assert _strict_json(line) == {"step": 1, "loss": "NaN", "grad_norm": "Infinity", "z_loss": "-Infinity",
+                                  "lr": 1e-3}
+    [row] = read_metrics(tmp_path)
+    assert math.isnan(row["loss"]) and row["grad_norm"] == math.inf and row["z_loss"] == -math.inf
+
+
+def test_a_torn_last_line_is_dropped_with_a_warning(tmp_path, capsys):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 3.5}\n{"step": 2, "lo')
+    assert read_metrics(tmp_path) == [{"step": 1, "loss": 3.5}]
+    assert "metrics.jsonl:2: dropping a torn last line" in capsys.readouterr().err
+
+
+def test_a_damaged_line_before_the_last_is_an_error_naming_it(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n{"st\n{"step": 3}\n')
+    with pytest.raises(UserError, match=r"metrics.jsonl:2: not a JSON object"):
+        read_metrics(tmp_path)
+
+
+def test_the_resume_rewrite_leaves_the_old_file_whole_if_it_fails(tmp_path, monkeypatch):
+    path = tmp_path / "metrics.jsonl"
+    original = "".join(json.dumps({"step": s, "loss": 4.0 - s / 10}) + "\n" for s in range(1, 6))
+    path.write_text(original)
+    sinks = MetricSinks(tmp_path, enabled=True, wandb_project=None, tensorboard=False, config={})
+
+    def crash(row):
+        raise KeyboardInterrupt  # as if killed half-way through the rewrite
+
+    monkeypatch.setattr(metrics_module, "encode_row", crash)
+    with pytest.raises(KeyboardInterrupt):
+        sinks.truncate_after(3)
+    assert path.read_text() == original
+    monkeypatch.undo()
+    sinks.truncate_after(3)
+    assert [row["step"] for row in read_metrics(tmp_path)] == [1, 2, 3]
+
+
+def test_resume_repairs_a_torn_metrics_file(tiny_run, tmp_path):
+    path, _ = tiny_run(max_steps=2)
+    Trainer(load_run_config(path)).fit()
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    metrics.write_text(metrics.read_text() + '{"step": 3, "loss": 6.')  # killed while logging step 3
+    Trainer(load_run_config(path, ["trainer.max_steps=4"])).fit()
+    rows = [_strict_json(line) for line in metrics.read_text().splitlines()]
+    assert [row["step"] for row in rows if "loss" in row] == [1, 2, 3, 4]

@@ -138,7 +138,7 @@ def test_loading_a_checkpoint_of_another_architecture_is_refused(tiny_run, tmp_p
     base = list_revisions(tmp_path / "run")[-1].path
     other = load_run_config(path, [f"trainer.run_dir={tmp_path / 'other'}", f"trainer.load_path={base}",
                                    "trainer.reset_trainer_state=true", "model.n_layers=3"])
-    with pytest.raises(UserError, match="model config differs"):
+    with pytest.raises(UserError, match=r"saved with another model \(model.n_layers=2 there, 3 here\)"):
         Trainer(other)
 
 
@@ -205,3 +205,58 @@ def test_in_loop_evaluation_logs_downstream_and_perplexity_metrics(tiny_run, tmp
     assert [r["step"] for r in evals] == [1, 2]
     assert {"eval/wikitext/BitsPerByte", "eval/validation/BitsPerByte"} <= set(evals[-1])
     assert 0 <= evals[-1]["eval/downstream/piqa_acc"] <= 1
+
+
+def test_a_diverged_run_stops_with_an_error_after_n_skipped_steps(tiny_run, tmp_path):
+    path, _ = tiny_run(max_steps=50, save_interval=None, max_consecutive_skipped_steps=3)
+    trainer = Trainer(load_run_config(path))
+    with torch.no_grad():
+        trainer.raw_model.norm.weight.fill_(float("nan"))  # every later loss is NaN
+    with pytest.raises(UserError, match=r"step 3: the last 3 steps were all skipped .* the run has diverged"):
+        trainer.fit()
+    assert trainer.state.step == 2 and trainer.state.skipped_steps == 3
+    assert not list_revisions(tmp_path / "run")  # nothing NaN was saved
+
+
+def test_a_huge_learning_rate_ends_the_run_with_a_non_zero_exit(tiny_run, tmp_path):
+    path, _ = tiny_run(max_steps=200, save_interval=1)
+    result = subprocess.run(olmolab_cmd("train", path, "--optim.lr=1e4", "--trainer.max_consecutive_skipped_steps=2"),
+                            env=run_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert "the run has diverged" in result.stderr or "not saved" in result.stderr
+    for revision in list_revisions(tmp_path / "run"):
+        model, _ = io.load(revision.path)
+        assert all(torch.isfinite(p).all() for p in model.parameters()), f"{revision.path} holds NaN weights"
+
+
+def test_non_finite_weights_are_never_saved(tiny_run, tmp_path):
+    path, _ = tiny_run(max_steps=2)
+    trainer = Trainer(load_run_config(path))
+    with torch.no_grad():
+        trainer.raw_model.lm_head.weight[0, 0] = float("inf")
+    with pytest.raises(UserError, match=r"step 0: the weights hold NaN or infinite values, so they are not saved"):
+        trainer._save()
+    assert not list_revisions(tmp_path / "run")
+
+
+def test_token_ids_outside_the_vocabulary_are_an_error_naming_the_sizes(tiny_run, tmp_path):
+    path, raw = tiny_run(max_steps=2)
+    foreign = np.full(64 * 32, 600, dtype=np.uint16)  # olmo2-tiny has 512 embeddings
+    foreign.tofile(raw["data"]["paths"][0])
+    trainer = Trainer(load_run_config(path))
+    with pytest.raises(UserError, match=r"step 1: the data holds token id 600, outside the model's vocabulary "
+                                        r"\(model.embedding_size=512\)"):
+        trainer.fit()
+
+
+def test_shards_recorded_with_a_larger_vocabulary_are_refused_up_front(tiny_run, tmp_path):
+    from olmolab.tokenizer import TokenizerIdentity
+
+    path, raw = tiny_run(max_steps=2)
+    shard = Path(raw["data"]["paths"][0])
+    identity = TokenizerIdentity("big.json", "0" * 64, 50_000, 0, 1, None)
+    shard.with_suffix(".json").write_text(json.dumps({
+        "format": "olmolab.token_shard.v1", "dtype": "uint16", "num_tokens": 64 * 32, "tokenizer": identity.to_dict(), "documents": "train.csv.gz"}))
+    with pytest.raises(UserError, match=rf"{shard}: tokenized with big.json \(50000 tokens\), more than the "
+                                        r"model's vocabulary of 512"):
+        Trainer(load_run_config(path))

@@ -26,14 +26,16 @@ OLMo 1 has no norm weights at all (its LayerNorm is non-parametric).
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
 
-from olmolab.errors import UserError
+from olmolab.errors import UserError, first_line
+from olmolab.files import write_safetensors
 from olmolab.model import ModelConfig, Transformer
 
 ARCHITECTURES = {"olmo": "OlmoForCausalLM", "olmo2": "Olmo2ForCausalLM"}
@@ -193,7 +195,7 @@ def export(model: Transformer, out_dir: str | Path, tokenizer=None, dtype: torch
     out.mkdir(parents=True, exist_ok=True)
     dtype = dtype or next(model.parameters()).dtype
     state = {k: t.detach().to("cpu", dtype) for k, t in to_hf_state_dict(model).items()}
-    save_file(state, out / "model.safetensors", metadata={"format": "pt"})
+    write_safetensors(state, out / "model.safetensors")
     config = model.config
     (out / "config.json").write_text(json.dumps(to_hf_config(config, dtype), indent=2) + "\n")
     generation = {"eos_token_id": config.eos_token_id, "pad_token_id": config.pad_token_id}
@@ -270,7 +272,19 @@ def read_hf_weights(hf_dir: Path) -> dict[str, Tensor]:
 
 
 def _load_torch_bin(path: str) -> dict[str, Tensor]:
-    return torch.load(path, map_location="cpu", weights_only=True)  # never unpickle arbitrary objects
+    """A .bin of tensors only: torch's restricted unpickler, never one that builds arbitrary objects."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UserError(
+            f"{path}: refused: it holds objects other than tensors, which olmolab never unpickles "
+            f"({first_line(e)}); use a safetensors copy of the weights"
+        ) from e
+    except (RuntimeError, EOFError, OSError) as e:
+        raise UserError(f"{path}: cannot read the weights ({first_line(e)}); the file is missing or corrupt") from e
+    if not isinstance(state, dict) or not all(isinstance(t, Tensor) for t in state.values()):
+        raise UserError(f"{path}: expected a mapping of names to tensors")
+    return state
 
 
 def load(hf_dir: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> Transformer:

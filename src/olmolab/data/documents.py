@@ -249,7 +249,9 @@ def _parse_json_line(payload: bytes) -> tuple[str, str | None]:
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as e:
-        raise ValueError(f"malformed JSON ({e.msg} at column {e.colno}); expected one JSON object per line") from e
+        # json's messages can end in "at" ("Unterminated string starting at"): the column follows it.
+        reason = f"{e.msg.removesuffix(' at')} at column {e.colno}"
+        raise ValueError(f"malformed JSON ({reason}); expected one JSON object per line") from e
     if not isinstance(obj, dict) or "text" not in obj:
         raise ValueError("no field 'text'; expected a JSON object with a string field 'text'")
     text = obj["text"]

@@ -216,6 +216,19 @@ def open_token_files(
     return [TokenFile(path, dtype, mask) for path, mask in zip(files, masks, strict=True)]
 
 
+def check_vocab_fits(files: Sequence[TokenFile], vocab_size: int) -> None:
+    """Refuse token files whose sidecar says they were written with a larger vocabulary than
+    `vocab_size` (the model's embedding rows): their ids would index past the embedding."""
+    for file in files:
+        tokenizer = file.tokenizer
+        if tokenizer is not None and tokenizer.vocab_size > vocab_size:
+            raise UserError(
+                f"{file.path}: tokenized with {tokenizer.name} ({tokenizer.vocab_size} tokens), more than the "
+                f"model's vocabulary of {vocab_size}; tokenize the data with the model's tokenizer, or raise "
+                f"model.vocab_size / embedding_size to at least {tokenizer.vocab_size}"
+            )
+
+
 def describe_token_file(file: TokenFile, seq_len: int | None = None) -> str:
     """One line about a token file, for `olmolab data info`."""
     parts = [f"{file.path}: {file.num_tokens:,} tokens ({file.dtype.name})"]

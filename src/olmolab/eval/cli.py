@@ -75,6 +75,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import olmolab
+    from olmolab.io import check_tokenizer
     from olmolab.tokenizer import Tokenizer
 
     specs = parse_task_list(",".join(CORE_TASKS) if args.tasks == "all" else args.tasks, args.num_fewshot)
@@ -91,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
     model, tokenizer = olmolab.load(args.checkpoint, device=device)
     if args.tokenizer:
         tokenizer = Tokenizer.from_file(args.tokenizer)
+        check_tokenizer(model.config, tokenizer, source=str(args.tokenizer))
     if tokenizer is None:
         raise UserError(f"{args.checkpoint}: no tokenizer.json with the checkpoint; pass --tokenizer PATH")
     model.eval()
@@ -112,6 +114,13 @@ def run(args: argparse.Namespace) -> int:
 
 def perplexity_of(model, tokenizer, path: Path, args: argparse.Namespace) -> PerplexityResult:
     documents = load_documents(path, tokenizer, args.perplexity_dtype, args.max_tokens)
+    vocab = model.config.embedding_size
+    top = max((int(doc.tokens.max()) for doc in documents if len(doc.tokens)), default=0)
+    if top >= vocab:
+        raise UserError(
+            f"{path}: holds token id {top}, outside the model's vocabulary of {vocab}; it was tokenized "
+            f"with another tokenizer (or --perplexity-dtype is wrong)"
+        )
     return evaluate_documents(
         model, documents, path.name, stride=args.stride, batch_size=args.batch_size, progress=True
     )

@@ -104,21 +104,36 @@ def read_texts(path: Path) -> list[str]:
         raise UserError(
             f"{path}: no such file (expected .txt, or .jsonl / .jsonl.gz with a 'text' field per line)"
         )
-    if path.name.endswith((".jsonl", ".jsonl.gz", ".json.gz")):
-        opener = gzip.open if path.suffix == ".gz" else open
-        texts = []
-        with opener(path, "rt", encoding="utf-8") as f:
-            for line_no, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
+    try:
+        if path.name.endswith((".jsonl", ".jsonl.gz", ".json.gz")):
+            return _read_jsonl_texts(path)
+        return [path.read_text(encoding="utf-8")]
+    except UnicodeDecodeError as e:
+        raise UserError(
+            f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); convert it to UTF-8, or score a raw "
+            f"token file with --perplexity-dtype"
+        ) from e
+    except OSError as e:  # a truncated or non-gzip .gz among them
+        raise UserError(f"{path}: cannot read it ({e})") from e
+
+
+def _read_jsonl_texts(path: Path) -> list[str]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    texts = []
+    with opener(path, "rt", encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
                 row = json.loads(line)
-                if "text" not in row:
-                    raise UserError(
-                        f"{path}:{line_no}: no 'text' field; each line must be a JSON object with 'text'"
-                    )
-                texts.append(row["text"])
-        return texts
-    return [path.read_text(encoding="utf-8")]
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}:{line_no}: not valid JSON ({e.msg}, column {e.colno})") from e
+            if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+                raise UserError(
+                    f"{path}:{line_no}: no 'text' string; each line must be a JSON object with 'text'"
+                )
+            texts.append(row["text"])
+    return texts
 
 
 def split_token_stream(tokens: np.ndarray, eos: int) -> Iterator[np.ndarray]:

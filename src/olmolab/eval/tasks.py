@@ -85,14 +85,25 @@ def read_arrow_split(split_dir: Path) -> list[dict]:
     files = sorted(split_dir.glob("data-*.arrow"))
     rows: list[dict] = []
     for path in files:
-        with open(path, "rb") as f:
-            rows.extend(pyarrow.ipc.open_stream(f).read_all().to_pylist())
+        try:
+            with open(path, "rb") as f:
+                rows.extend(pyarrow.ipc.open_stream(f).read_all().to_pylist())
+        except (pyarrow.ArrowException, OSError) as e:
+            raise UserError(f"{path}: not a readable Arrow stream ({e}); the file is truncated or damaged: "
+                            f"copy it again from the data root") from e
     return rows
 
 
 def read_jsonl(path: Path) -> list[dict]:
+    rows = []
     with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for number, line in enumerate(f, start=1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise UserError(f"{path}:{number}: not valid JSON ({e.msg}, column {e.colno})") from e
+    return rows
 
 
 @dataclass(frozen=True)

@@ -12,15 +12,23 @@ Each revision holds
 
 Everything is written under `.tmp-<name>` and renamed when complete, so a crash never leaves a
 half-written revision that looks whole. Only the last `keep_last` revisions are kept, plus
-"permanent" ones at multiples of `permanent_interval`.
+"permanent" ones at multiples of `permanent_interval`; a pruned revision is first renamed to
+`.trash-<name>`, so a crash mid-delete leaves no half-deleted revision, and leftovers of either
+kind are removed at the next start.
+
+A revision can still be damaged after the fact (a full disk, a copy cut short, a hand edit):
+`check_revision` says what is wrong with one, and resume falls back to the newest intact one.
+No file of a revision is ever unpickled (see `safe_dcp`).
 """
 
 from __future__ import annotations
 
 import json
+import pickle
 import random
 import re
 import shutil
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +36,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed.checkpoint as dcp
+from safetensors import SafetensorError, safe_open
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -36,10 +46,18 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from olmolab import io
-from olmolab.errors import UserError
+from olmolab.errors import UserError, first_line
+from olmolab.model import ModelConfig
 from olmolab.train import distributed as dist_utils
+from olmolab.train import safe_dcp
 
 REVISION = re.compile(r"^step(\d+)-tokens(\d+)([KMBT]?)$")
+LEFTOVER_PREFIXES = (".tmp-", ".trash-")
+TRAIN_STATE_KEYS = ("step", "tokens", "data")
+
+
+class DamagedCheckpoint(UserError):
+    """A revision whose files cannot be read back: resume falls back to an older one."""
 
 # One process saves through DCP too (so its checkpoints load at any world size); DCP warns
 # that it assumes a single process, which is exactly the intent.
@@ -82,6 +100,85 @@ def latest_revision(run_dir: str | Path) -> Revision | None:
     return revisions[-1] if revisions else None
 
 
+def read_train_state(path: Path) -> dict:
+    """A revision's train_state.json, checked for the keys resume needs."""
+    file = Path(path) / "train_state.json"
+    try:
+        state = json.loads(file.read_text())
+    except OSError as e:
+        raise DamagedCheckpoint(f"{file}: cannot read it ({e.strerror})") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DamagedCheckpoint(f"{file}: not valid JSON ({e})") from e
+    if not isinstance(state, dict):
+        raise DamagedCheckpoint(f"{file}: expected a JSON object, found a {type(state).__name__}")
+    missing = [key for key in TRAIN_STATE_KEYS if key not in state]
+    if missing:
+        raise DamagedCheckpoint(f"{file}: missing {', '.join(missing)}")
+    if not all(isinstance(state[key], int) and state[key] >= 0 for key in ("step", "tokens")):
+        raise DamagedCheckpoint(f"{file}: step and tokens must be non-negative integers")
+    return state
+
+
+def saved_model_config(path: Path) -> ModelConfig:
+    """The model a revision (or any olmolab model directory) was saved with."""
+    file = Path(path) / "config.json"
+    try:
+        return ModelConfig.from_dict(json.loads(file.read_text())["model"])
+    except OSError as e:
+        raise DamagedCheckpoint(f"{file}: cannot read it ({e.strerror})") from e
+    except (ValueError, KeyError, TypeError) as e:
+        raise DamagedCheckpoint(f"{file}: no valid `model` section ({first_line(e)})") from e
+
+
+def check_revision(path: Path) -> list[str]:
+    """What is wrong with a revision (empty when it is intact enough to resume from).
+
+    Reads only what is cheap: the JSON files, the safetensors header, and the DCP metadata (with
+    the restricted unpickler), whose byte ranges must all exist in the data files."""
+    path = Path(path)
+    problems = []
+    for check in (read_train_state, saved_model_config):
+        try:
+            check(path)
+        except UserError as e:
+            problems.append(str(e).removeprefix(f"{path}/"))
+    try:
+        with safe_open(str(path / "model.safetensors"), framework="pt"):
+            pass
+    except (SafetensorError, OSError):
+        problems.append("model.safetensors is missing or not a safetensors file")
+    dcp_dir = path / "model_and_optim"
+    try:
+        problems += [f"model_and_optim/{p}" for p in safe_dcp.missing_or_short_files(
+            dcp_dir, safe_dcp.read_metadata(dcp_dir))]
+    except UserError as e:
+        problems.append(str(e).removeprefix(f"{path}/"))
+    return problems
+
+
+def intact_revisions(run_dir: Path, *, warn: bool = True) -> list[Revision]:
+    """The run's revisions that `check_revision` finds intact, by step; damaged ones are named
+    on stderr (`warn`) and left in place for the user to inspect."""
+    intact = []
+    for revision in list_revisions(run_dir):
+        problems = check_revision(revision.path)
+        if not problems:
+            intact.append(revision)
+        elif warn:
+            print(f"olmolab: skipping damaged revision {revision.path}: {'; '.join(problems)}", file=sys.stderr)
+    return intact
+
+
+def remove_leftovers(run_dir: Path) -> None:
+    """Delete what a crash can leave behind: half-written (.tmp-) and half-deleted (.trash-)
+    revisions. Only ever called by a trainer that holds the run directory's lock."""
+    if dist_utils.rank() != 0 or not Path(run_dir).is_dir():
+        return
+    for child in Path(run_dir).iterdir():
+        if child.is_dir() and child.name.startswith(LEFTOVER_PREFIXES):
+            shutil.rmtree(child, ignore_errors=True)
+
+
 def save_checkpoint(
     run_dir: Path,
     *,
@@ -110,8 +207,11 @@ def save_checkpoint(
         (tmp / "train_state.json").write_text(json.dumps(train_state, indent=2) + "\n")
     dist_utils.barrier()
     if rank == 0:
-        if final.exists():  # a re-run of the same step after a resume
-            shutil.rmtree(final)
+        if final.exists():  # a re-run of the same step after a resume (or a damaged revision)
+            trash = final.with_name(f".trash-{name}")
+            shutil.rmtree(trash, ignore_errors=True)
+            final.rename(trash)
+            shutil.rmtree(trash, ignore_errors=True)
         tmp.rename(final)
     dist_utils.barrier()
     return final
@@ -121,11 +221,29 @@ def load_checkpoint(path: Path, *, model: torch.nn.Module, optimizer: torch.opti
     """Restore model (and optimizer) state in place; returns the saved train state."""
     if not (path / "model_and_optim").exists():
         raise UserError(f"{path}: not an olmolab training checkpoint (no model_and_optim/ inside)")
+    problems = check_revision(path)  # before DCP reads anything: it would unpickle the metadata as is
+    if problems:
+        raise DamagedCheckpoint(f"{path}: {'; '.join(problems)}")
+    train_state = read_train_state(path)
     model_state, optim_state = get_state_dict(model, optimizer) if optimizer else (get_model_state_dict(model), None)
     state = {"model": model_state} | ({"optim": optim_state} if optimizer else {})
-    dcp.load(state, checkpoint_id=path / "model_and_optim")
+    dcp_dir = path / "model_and_optim"
+    try:
+        dcp.load(state, storage_reader=safe_dcp.SafeFileSystemReader(dcp_dir), planner=safe_dcp.SafeLoadPlanner())
+    except CheckpointException as e:
+        raise _first_failure(e, dcp_dir) from e
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state.get("optim") or {})
-    return json.loads((path / "train_state.json").read_text())
+    return train_state
+
+
+def _first_failure(error: CheckpointException, dcp_dir: Path) -> DamagedCheckpoint:
+    """DCP gathers each rank's exception into one; say the first as one line."""
+    for failure in error.failures.values():
+        cause = failure[0] if isinstance(failure, tuple) else failure
+        if isinstance(cause, UserError):
+            return DamagedCheckpoint(f"{dcp_dir}: {cause}")
+        return DamagedCheckpoint(f"{dcp_dir}: cannot be loaded ({type(cause).__name__}: {first_line(cause)})")
+    return DamagedCheckpoint(f"{dcp_dir}: cannot be loaded ({first_line(error)})")
 
 
 def prune(run_dir: Path, keep_last: int, permanent_interval: int | None) -> None:
@@ -136,7 +254,9 @@ def prune(run_dir: Path, keep_last: int, permanent_interval: int | None) -> None
     for revision in revisions[:-keep_last]:
         if permanent_interval and revision.step % permanent_interval == 0:
             continue
-        shutil.rmtree(revision.path, ignore_errors=True)
+        trash = revision.path.with_name(f".trash-{revision.path.name}")
+        revision.path.rename(trash)  # atomic: from here on it is no longer a revision
+        shutil.rmtree(trash, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------- RNG states
@@ -160,7 +280,10 @@ def restore_rng_state(path: Path) -> None:
     file = path / "rng" / f"rank{dist_utils.rank()}.pt"
     if not file.exists():  # a different world size: RNG streams cannot carry over
         return
-    state = torch.load(file, weights_only=True)
+    try:
+        state = torch.load(file, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+        raise UserError(f"{file}: not an RNG state of tensors and numbers; refused ({first_line(e)})") from e
     torch.set_rng_state(state["torch"])
     np_state = state["numpy"]
     np.random.set_state(("MT19937", np_state["keys"].numpy().astype(np.uint32), np_state["pos"],

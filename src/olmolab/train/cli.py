@@ -93,20 +93,21 @@ def _train(args) -> int:
 
 
 def _checkpoints(args) -> int:
-    from olmolab.train.checkpoint import list_revisions
+    from olmolab.train.checkpoint import check_revision, list_revisions, read_train_state
     from olmolab.train.metrics import read_metrics
 
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: no such run directory")
-    revisions = list_revisions(run_dir)
     losses = {row["step"]: row["loss"] for row in read_metrics(run_dir) if "loss" in row}
     rows = []
-    for revision in revisions:
-        state = json.loads((revision.path / "train_state.json").read_text())
+    for revision in list_revisions(run_dir):
+        problems = check_revision(revision.path)
+        state = {} if problems else read_train_state(revision.path)
         size = sum(f.stat().st_size for f in revision.path.rglob("*") if f.is_file())
-        rows.append({"revision": revision.path.name, "step": state["step"], "tokens": state["tokens"],
-                     "loss": losses.get(state["step"]), "size_mb": round(size / 2**20, 1), "path": str(revision.path)})
+        rows.append({"revision": revision.path.name, "step": state.get("step", revision.step),
+                     "tokens": state.get("tokens"), "loss": losses.get(revision.step),
+                     "size_mb": round(size / 2**20, 1), "path": str(revision.path), "damaged": problems or None})
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -116,7 +117,9 @@ def _checkpoints(args) -> int:
     print(f"{'revision':32s} {'step':>8s} {'tokens':>14s} {'loss':>8s} {'size':>9s}")
     for r in rows:
         loss = f"{r['loss']:.4f}" if r["loss"] is not None else "-"
-        print(f"{r['revision']:32s} {r['step']:8d} {r['tokens']:14,d} {loss:>8s} {r['size_mb']:7.1f}MB")
+        tokens = f"{r['tokens']:14,d}" if r["tokens"] is not None else f"{'-':>14s}"
+        damaged = f"  DAMAGED: {'; '.join(r['damaged'])}" if r["damaged"] else ""
+        print(f"{r['revision']:32s} {r['step']:8d} {tokens} {loss:>8s} {r['size_mb']:7.1f}MB{damaged}")
     return 0
 
 

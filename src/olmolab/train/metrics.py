@@ -2,19 +2,27 @@
 
 `metrics.jsonl` in the run directory gets one JSON object per logged step; W&B and
 TensorBoard get the same numbers when they are installed and asked for.
+
+The file is strict JSON, one object a line: a non-finite value (a diverged loss) is written as
+the string "NaN", "Infinity" or "-Infinity", which `read_metrics` turns back into a float. A crash
+mid-write can only tear the last line; readers drop it with a warning, and the trainer's resume
+rewrites the file atomically (a new file renamed over the old), so the history is never lost.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
+import sys
 import time
 from collections import deque
 from pathlib import Path
 
 import torch
 
+from olmolab.errors import UserError
 from olmolab.model.ops import onednn_linear, onednn_linear_works
 
 # Dense bf16 datasheet peaks per GPU, FLOP/s (MFU's denominator on CUDA).
@@ -124,14 +132,19 @@ class MetricSinks:
         """On resume: drop rows of steps past the checkpoint, which will be trained again."""
         if not self.enabled or not self.path.exists():
             return
-        kept = [line for line in self.path.read_text().splitlines() if json.loads(line).get("step", 0) <= step]
-        self.path.write_text("".join(line + "\n" for line in kept))
+        kept = [row for row in read_metrics(self.path.parent) if row.get("step", 0) <= step]
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with tmp.open("w") as f:
+            f.writelines(encode_row(row) + "\n" for row in kept)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
 
     def log(self, row: dict) -> None:
         if not self.enabled:
             return
         with self.path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+            f.write(encode_row(row) + "\n")
         if self.wandb is not None:
             self.wandb.log(row, step=row["step"])
         if self.tensorboard is not None:
@@ -146,8 +159,40 @@ class MetricSinks:
             self.tensorboard.close()
 
 
+NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+def encode_row(row: dict) -> str:
+    """One metrics row as strict JSON: non-finite floats become "NaN", "Infinity", "-Infinity"."""
+    def strict(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+        return value
+
+    return json.dumps({key: strict(value) for key, value in row.items()}, allow_nan=False)
+
+
 def read_metrics(run_dir: str | Path) -> list[dict]:
+    """The rows of RUN_DIR/metrics.jsonl. A torn last line (a crash mid-write) is dropped with a
+    warning; a damaged line anywhere else is an error naming it."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = path.read_text(errors="replace").splitlines()
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict):
+                raise ValueError(f"a {type(row).__name__}, not an object")
+        except ValueError as e:
+            if number == len(lines):
+                print(f"olmolab: {path}:{number}: dropping a torn last line (a crash while it was written)",
+                      file=sys.stderr)
+                break
+            raise UserError(f"{path}:{number}: not a JSON object ({e}); the metrics file is damaged") from e
+        rows.append({key: NON_FINITE.get(value, value) if isinstance(value, str) else value
+                     for key, value in row.items()})
+    return rows

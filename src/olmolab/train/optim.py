@@ -42,11 +42,11 @@ class OptimConfig:
     """torch's fused AdamW kernel; None = where the device supports it."""
 
     def validate(self) -> None:
-        if self.lr <= 0:
-            raise UserError(f"optim.lr={self.lr}: the learning rate must be positive")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise UserError(f"optim.lr={self.lr}: the learning rate must be a positive, finite number")
         if not all(0 <= b < 1 for b in self.betas):
             raise UserError(f"optim.betas={list(self.betas)}: each beta must be in [0, 1)")
-        if self.eps <= 0 or self.weight_decay < 0:
+        if not (math.isfinite(self.eps) and math.isfinite(self.weight_decay)) or self.eps <= 0 or self.weight_decay < 0:
             raise UserError("optim.eps must be positive and optim.weight_decay non-negative")
 
 

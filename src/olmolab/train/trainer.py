@@ -17,6 +17,7 @@ command again after a crash and it continues from the latest revision, bit for b
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import json
 import math
@@ -32,13 +33,15 @@ from olmolab import io
 from olmolab.allocator import keep_freed_memory
 from olmolab.config import RunConfig
 from olmolab.data.loader import validation_batches
+from olmolab.data.shards import check_vocab_fits
 from olmolab.errors import UserError
-from olmolab.model import Transformer
+from olmolab.model import ModelConfig, Transformer
 from olmolab.model.loss import IGNORE_INDEX
 from olmolab.train import checkpoint as ckpt
 from olmolab.train import distributed as dist_utils
 from olmolab.train.metrics import MetricSinks, SpikeDetector, Throughput, peak_flops, read_metrics
 from olmolab.train.optim import build_optimizer, lr_at
+from olmolab.train.run_lock import RunLock
 
 
 @dataclass
@@ -46,6 +49,7 @@ class TrainState:
     step: int = 0
     tokens: int = 0
     skipped_steps: int = 0
+    consecutive_skipped_steps: int = 0
     data: dict = field(default_factory=dict)
 
 
@@ -87,9 +91,11 @@ class Trainer:
         if device_type == "cpu" and tc.keep_freed_memory:
             keep_freed_memory()
         self.rank, self.world_size = dist_utils.rank(), dist_utils.world_size()
+        self.run_dir = Path(tc.run_dir)
+        self.lock = self._lock_run_dir()  # before anything in the run directory is read or written
+        ckpt.remove_leftovers(self.run_dir)
         self.accum_steps = tc.check_batch(self.world_size)
         self.bf16 = tc.precision == "bf16" or (tc.precision == "auto" and device_type == "cuda")
-        self.run_dir = Path(tc.run_dir)
         self.tokens_per_step = tc.global_batch_size * config.data.seq_len
         self.max_steps = tc.max_steps or math.ceil(tc.max_tokens / self.tokens_per_step)
 
@@ -97,8 +103,11 @@ class Trainer:
         with torch.device(self.device):
             model = Transformer(config.model)
         self.state = TrainState()
-        resume_from = ckpt.latest_revision(self.run_dir)
-        if resume_from is None and tc.load_path and tc.reset_trainer_state:
+        resumable = ckpt.intact_revisions(self.run_dir, warn=self.rank == 0)
+        if ckpt.list_revisions(self.run_dir) and not resumable:
+            raise UserError(f"{self.run_dir}: every revision in it is damaged (see above); move them away "
+                            f"to start the run afresh")
+        if not resumable and tc.load_path and tc.reset_trainer_state:
             self._load_weights_only(model, tc.load_path)
         self.raw_model = model
         self.model = dist_utils.parallelize(
@@ -106,17 +115,20 @@ class Trainer:
             compile_blocks=tc.compile, activation_checkpointing=tc.activation_checkpointing,
         )
         self.optimizer = build_optimizer(self.model, config.optim)
-        if resume_from is None and tc.load_path and not tc.reset_trainer_state:
-            resume_from = ckpt.Revision(-1, Path(tc.load_path))
-        if resume_from is not None:
-            self._resume(resume_from.path)
+        if resumable:
+            self._resume_from_newest_loadable(resumable)
+        elif tc.load_path and not tc.reset_trainer_state:
+            self._resume(Path(tc.load_path))
 
         self.train_data = config.data.build(tc.global_batch_size)
+        self.validation = config.data.build_validation_dataset()
+        for dataset in (self.train_data.dataset, self.validation):
+            if dataset is not None:
+                check_vocab_fits(dataset.files, config.model.embedding_size)
         self.loader = self.train_data.loader(rank=self.rank, world_size=self.world_size,
                                              pin_memory=device_type == "cuda")
         if self.state.data:
             self.loader.load_state_dict(self.state.data)
-        self.validation = config.data.build_validation_dataset()
         self.tokenizer = self._load_tokenizer()
         self.evaluators = self._build_evaluators()
 
@@ -132,16 +144,56 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup helpers
 
+    def _lock_run_dir(self) -> RunLock | None:
+        """Rank 0 locks the run directory; every rank learns whether it could, so that a refused
+        torchrun job exits as a whole instead of hanging at its first collective."""
+        lock, refusal = None, None
+        if self.rank == 0:
+            lock = RunLock(self.run_dir)
+            try:
+                lock.acquire()
+            except UserError as e:
+                refusal = e
+        refused = dist_utils.all_reduce_sum(torch.tensor(float(refusal is not None), device=self.device))
+        if refused.item():
+            raise refusal or UserError(f"{self.run_dir}: in use by another trainer (rank 0 says which)")
+        return lock
+
     def _load_weights_only(self, model: Transformer, path: str) -> None:
         source = io.load_model(path, device=self.device)
-        if source.config.replace(name=model.config.name) != model.config:
-            raise UserError(f"{path}: its model config differs from this run's `model:` section")
+        self._check_same_model(source.config, path)
         model.load_state_dict(source.state_dict())
 
+    def _check_same_model(self, saved: ModelConfig, path) -> None:
+        """Refuse a checkpoint of another architecture, naming each key that differs."""
+        differences = [
+            f"model.{f.name}={getattr(saved, f.name)!r} there, {getattr(self.config.model, f.name)!r} here"
+            for f in dataclasses.fields(ModelConfig)
+            if f.name != "name" and getattr(saved, f.name) != getattr(self.config.model, f.name)
+        ]
+        if differences:
+            raise UserError(f"{path}: saved with another model ({'; '.join(differences)}); restore this run's "
+                            f"`model:` section, or start a new run (another trainer.run_dir)")
+
+    def _resume_from_newest_loadable(self, revisions: list[ckpt.Revision]) -> None:
+        """Resume from the newest revision that loads, warning about each newer one that does not."""
+        for revision in reversed(revisions):
+            try:
+                self._resume(revision.path)
+                return
+            except ckpt.DamagedCheckpoint as e:
+                if self.rank == 0:
+                    print(f"olmolab: skipping damaged revision {revision.path}: {e}", file=sys.stderr)
+        raise UserError(f"{self.run_dir}: no revision in it can be loaded (see above); move them away to "
+                        f"start the run afresh")
+
     def _resume(self, path: Path) -> None:
+        self._check_same_model(ckpt.saved_model_config(path), path)
         saved = ckpt.load_checkpoint(path, model=self.model, optimizer=self.optimizer)
         self.state = TrainState(step=saved["step"], tokens=saved["tokens"],
-                                skipped_steps=saved.get("skipped_steps", 0), data=saved["data"])
+                                skipped_steps=saved.get("skipped_steps", 0),
+                                consecutive_skipped_steps=saved.get("consecutive_skipped_steps", 0),
+                                data=saved["data"])
         if saved.get("world_size") == self.world_size:
             ckpt.restore_rng_state(path)
         if self.rank == 0:
@@ -183,6 +235,7 @@ class Trainer:
         try:
             while self.state.step < self.max_steps:
                 row = self.train_step(next(batches))
+                self._stop_if_diverged(row)
                 self.state.step += 1
                 self.state.tokens += self.tokens_per_step
                 bar.update(1)
@@ -199,11 +252,25 @@ class Trainer:
         finally:
             bar.close()
             self.sinks.close()
+            if self.lock is not None:
+                self.lock.release()
         return last_row
+
+    def _stop_if_diverged(self, row: dict) -> None:
+        limit = self.config.trainer.max_consecutive_skipped_steps
+        if self.state.consecutive_skipped_steps >= limit:
+            last = ckpt.latest_revision(self.run_dir)
+            raise UserError(
+                f"step {self.state.step + 1}: the last {limit} steps were all skipped for a non-finite loss or "
+                f"gradient (loss {row['loss']}, grad norm {row['grad_norm']}): the run has diverged. "
+                + (f"Its last revision, {last.path.name}, is intact; " if last else "")
+                + "lower optim.lr (or raise trainer.max_consecutive_skipped_steps) and run again"
+            )
 
     def train_step(self, batch: dict) -> dict:
         tc = self.config.trainer
         input_ids = batch["input_ids"].to(self.device, non_blocking=True)
+        self._check_token_ids(input_ids)
         label_mask = batch.get("label_mask")
         labels = make_labels(input_ids, label_mask.to(self.device) if label_mask is not None else None)
         global_count = dist_utils.all_reduce_sum((labels != IGNORE_INDEX).sum().float())
@@ -232,6 +299,7 @@ class Trainer:
         losses = dist_utils.all_reduce_sum(torch.stack([ce_sum, z_sum])) / self.world_size
         ce, z, norm = losses[0].item(), losses[1].item(), grad_norm.item()
         skipped = not (math.isfinite(ce) and math.isfinite(z) and math.isfinite(norm))
+        self.state.consecutive_skipped_steps = self.state.consecutive_skipped_steps + 1 if skipped else 0
         if skipped:  # never train on a non-finite loss or gradient
             self.state.skipped_steps += 1
             if self.rank == 0:
@@ -243,6 +311,17 @@ class Trainer:
         self.throughput.add(self.tokens_per_step)
         return {"loss": ce + z, "ce_loss": ce, "z_loss": z, "grad_norm": norm, "lr": lr,
                 "skipped_steps": self.state.skipped_steps}
+
+    def _check_token_ids(self, input_ids: torch.Tensor) -> None:
+        """Token files without our sidecar do not say their vocabulary: catch a foreign id here,
+        as an error, rather than as an index error deep inside the embedding."""
+        top = int(input_ids.max())
+        if top >= self.config.model.embedding_size:
+            raise UserError(
+                f"step {self.state.step + 1}: the data holds token id {top}, outside the model's vocabulary "
+                f"(model.embedding_size={self.config.model.embedding_size}); the token files were written "
+                f"with another tokenizer: tokenize them with this model's, or fix model.vocab_size"
+            )
 
     def _t_max(self) -> float:
         sc = self.config.scheduler
@@ -317,12 +396,29 @@ class Trainer:
     def _save(self) -> None:
         self.throughput.pause()
         tc = self.config.trainer
+        self._refuse_non_finite_weights()
         train_state = {"step": self.state.step, "tokens": self.state.tokens, "skipped_steps": self.state.skipped_steps,
+                       "consecutive_skipped_steps": self.state.consecutive_skipped_steps,
                        "world_size": self.world_size, "data": self.loader.state_dict(), "time": time.time()}
         ckpt.save_checkpoint(self.run_dir, model=self.model, optimizer=self.optimizer, train_state=train_state,
                              run_config=self.config.to_dict(), tokenizer_path=tc.tokenizer)
         ckpt.prune(self.run_dir, tc.keep_last, tc.permanent_interval)
         self.throughput.resume()
+
+
+    def _refuse_non_finite_weights(self) -> None:
+        """A NaN model is never written as a revision (it would be resumed, exported, souped)."""
+        bad = torch.zeros((), device=self.device)
+        for param in self.model.parameters():
+            local = param.to_local() if hasattr(param, "to_local") else param  # an FSDP2 shard
+            bad += (~torch.isfinite(local)).any()
+        if dist_utils.all_reduce_sum(bad).item():
+            last = ckpt.latest_revision(self.run_dir)
+            raise UserError(
+                f"step {self.state.step}: the weights hold NaN or infinite values, so they are not saved"
+                + (f" (the last revision, {last.path.name}, is kept)" if last else "")
+                + "; the learning rate is likely too high: lower optim.lr and run again"
+            )
 
 
 def _duration(seconds: float) -> str:
