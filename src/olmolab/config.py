@@ -2,9 +2,9 @@
 
     olmolab train run.yaml --optim.lr=3e-4 --trainer.max_steps=100
 
-Every section is a typed dataclass. Loading checks each key against its field: an unknown key
-lists the keys that exist, a value of the wrong type says the type expected, and each
-section's `validate()` refuses impossible combinations. The resolved config (file +
+Every section is a typed dataclass, loaded by `olmolab.configlib` (the one loader of every
+config): an unknown key lists the keys that exist, a value of the wrong type says the type
+expected, and each section's `validate()` refuses impossible combinations. The resolved config (file +
 overrides) is what gets saved with the run, so the run is reproducible from it alone.
 
 The `model` section is either a full `ModelConfig` or `preset: NAME` plus overrides:
@@ -14,18 +14,14 @@ The `model` section is either a full `ModelConfig` or `preset: NAME` plus overri
 
 from __future__ import annotations
 
-import dataclasses
-import math
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from olmolab.configlib import apply_override, from_dict, load_yaml, to_dict
 from olmolab.data.config import DataConfig
 from olmolab.errors import UserError
+from olmolab.eval import EvalConfig
 from olmolab.model import ModelConfig
 from olmolab.train.optim import OptimConfig, SchedulerConfig
 from olmolab.train.prepare import PrepareConfig
@@ -142,8 +138,8 @@ class RunConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
-    eval: Any = None
-    """The `eval:` section (olmolab.eval.EvalConfig), or None for no in-loop evaluation."""
+    eval: EvalConfig | None = None
+    """The `eval:` section, or None for no in-loop evaluation."""
     prepare: PrepareConfig | None = None
     """Tokenizer training and tokenization to run first if their outputs are missing."""
 
@@ -162,11 +158,11 @@ class RunConfig:
         return {
             "model": self.model.to_dict(),
             "data": self.data.to_dict(),
-            "trainer": dataclasses.asdict(self.trainer),
-            "optim": dataclasses.asdict(self.optim),
-            "scheduler": dataclasses.asdict(self.scheduler),
+            "trainer": to_dict(self.trainer),
+            "optim": to_dict(self.optim),
+            "scheduler": to_dict(self.scheduler),
             "eval": self.eval.to_dict() if self.eval is not None else None,
-            "prepare": dataclasses.asdict(self.prepare) if self.prepare is not None else None,
+            "prepare": to_dict(self.prepare) if self.prepare is not None else None,
         }
 
     @classmethod
@@ -179,149 +175,24 @@ class RunConfig:
             if not isinstance(raw.get(required), dict):
                 raise UserError(f"{source}: the `{required}:` section is missing")
         config = cls(
-            model=_model_from_dict(raw["model"], source),
+            model=ModelConfig.from_dict(raw["model"]),
             data=DataConfig.from_dict(raw["data"]),
             trainer=from_dict(TrainerConfig, raw.get("trainer") or {}, "trainer"),
             optim=from_dict(OptimConfig, raw.get("optim") or {}, "optim"),
             scheduler=from_dict(SchedulerConfig, raw.get("scheduler") or {}, "scheduler"),
-            eval=_eval_from_dict(raw.get("eval")),
-            prepare=PrepareConfig.from_dict(raw["prepare"]) if raw.get("prepare") else None,
+            eval=EvalConfig.from_dict(raw["eval"]) if raw.get("eval") else None,
+            prepare=from_dict(PrepareConfig, raw["prepare"], "prepare") if raw.get("prepare") else None,
         )
         config.validate()
         return config
 
 
-def _model_from_dict(raw: dict[str, Any], source: str) -> ModelConfig:
-    raw = dict(raw)
-    try:
-        if "preset" in raw:
-            return ModelConfig.preset(raw.pop("preset"), **_typed_fields(ModelConfig, raw, "model"))
-        return ModelConfig.from_dict(_typed_fields(ModelConfig, raw, "model"))
-    except (TypeError, ValueError) as e:
-        raise UserError(f"{source}: model: {e}") from e
-
-
-def _eval_from_dict(raw: dict[str, Any] | None):
-    if not raw:
-        return None
-    from olmolab.eval import EvalConfig
-
-    return EvalConfig.from_dict(raw)
-
-
-# ---------------------------------------------------------------------- loading and overrides
+# ---------------------------------------------------------------------- loading
 
 
 def load_run_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
     """Read a YAML (or JSON) run config and apply `section.key=value` overrides."""
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except OSError as e:
-        raise UserError(f"{path}: cannot read the config ({e.strerror})") from e
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise UserError(f"{where}: not valid YAML ({getattr(e, 'problem', e)})") from e
-    if not isinstance(raw, dict):
-        raise UserError(f"{path}: expected a mapping of sections (model:, data:, trainer:, ...)")
+    raw = load_yaml(path)
     for override in overrides:
         apply_override(raw, override)
     return RunConfig.from_dict(raw, source=str(path))
-
-
-def apply_override(raw: dict[str, Any], override: str) -> None:
-    """`--optim.lr=3e-4` or `optim.lr=3e-4`: set a nested key; the value is parsed as YAML."""
-    key, sep, value = override.removeprefix("--").partition("=")
-    if not sep or not key:
-        raise UserError(f"override {override!r}: expected --section.key=value")
-    *parents, leaf = key.split(".")
-    node = raw
-    for part in parents:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise UserError(f"override {override!r}: {part} is not a section")
-    node[leaf.replace("-", "_")] = yaml.safe_load(value)
-
-
-def from_dict(cls, raw: dict[str, Any], where: str):
-    """A dataclass from a plain dict, type-checked field by field."""
-    if not isinstance(raw, dict):
-        raise UserError(f"{where}: expected a mapping of keys, got {type(raw).__name__}")
-    return cls(**_typed_fields(cls, raw, where))
-
-
-def _typed_fields(cls, raw: dict[str, Any], where: str) -> dict[str, Any]:
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(raw) - set(names))
-    if unknown:
-        raise UserError(f"{where}: unknown key(s) {unknown}; the keys of {where} are: {', '.join(names)}")
-    return {key: _coerce(value, hints[key], f"{where}.{key}") for key, value in raw.items()}
-
-
-def _coerce(value: Any, hint: Any, where: str) -> Any:
-    """`value` as type `hint`, accepting YAML's spellings (e.g. '3e-4' is a float); else an error."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _coerce(value, arg, where)
-            except UserError as e:
-                errors.append(str(e))
-        raise UserError(errors[0] if len(errors) == 1 else f"{where}: {value!r} is none of {_describe(hint)}")
-    if origin is typing.Literal:
-        if value not in args:
-            raise UserError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")
-        return value
-    if origin in (list, tuple):
-        if not isinstance(value, list | tuple):
-            raise UserError(f"{where}: expected a list, got {value!r}")
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            if len(value) != len(args):
-                raise UserError(f"{where}: expected {len(args)} values, got {len(value)}")
-            return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
-        item = args[0] if args else Any
-        return origin(_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value))
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise UserError(f"{where}: expected a mapping, got {value!r}")
-        return {k: _coerce(v, args[1], f"{where}.{k}") for k, v in value.items()} if args else value
-    if hint is Any:
-        return value
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise UserError(f"{where}: expected true or false, got {value!r}")
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise UserError(f"{where}: expected an integer, got {value!r}")
-    if hint is float:
-        number = None
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            number = float(value)
-        elif isinstance(value, str):
-            try:
-                number = float(value)
-            except ValueError:
-                pass
-        if number is None:
-            raise UserError(f"{where}: expected a number, got {value!r}")
-        if not math.isfinite(number):  # no setting of a run means "infinite" or "not a number"
-            raise UserError(f"{where}: expected a finite number, got {value!r}")
-        return number
-    if hint is str:
-        if isinstance(value, str):
-            return value
-        raise UserError(f"{where}: expected a string, got {value!r}")
-    return value
-
-
-def _describe(hint: Any) -> str:
-    return str(hint).replace("typing.", "")

@@ -64,8 +64,8 @@ to the terminal; --prompts-file generates in left-padded batches and writes one 
 
 
 def _generate(args) -> int:
-    from olmolab.io import check_tokenizer, load
     from olmolab.model.generate import GenerationConfig, generate_text
+    from olmolab.model_files import check_tokenizer, load
     from olmolab.tokenizer import Tokenizer
 
     config = GenerationConfig(
@@ -163,7 +163,7 @@ The directory loads with AutoModelForCausalLM / AutoTokenizer without trust_remo
 
 def _export_hf(args) -> int:
     from olmolab.convert import hf
-    from olmolab.io import check_tokenizer, load
+    from olmolab.model_files import check_tokenizer, load
     from olmolab.tokenizer import Tokenizer
 
     _check_out_dir(args.out, args.overwrite)
@@ -194,7 +194,7 @@ Every tensor is checked by name and shape; the tokenizer.json beside the weights
 
 def _import_hf(args) -> int:
     from olmolab.convert.hf import write_tokenizer
-    from olmolab.io import is_hf_dir, load, save_model
+    from olmolab.model_files import is_hf_dir, load, save_model
 
     if args.hf_dir.is_dir() and not is_hf_dir(args.hf_dir):
         raise UserError(f"{args.hf_dir}: not a Hugging Face model directory (no config.json with a model_type)")

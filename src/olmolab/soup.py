@@ -13,8 +13,8 @@ from pathlib import Path
 
 from olmolab.convert.hf import write_tokenizer
 from olmolab.errors import UserError
-from olmolab.io import load, resolve_model_dir, save_model
 from olmolab.model import ModelConfig, Transformer
+from olmolab.model_files import load, resolve_model_dir, save_model
 
 
 def soup_weights(weights: Sequence[float] | None, count: int) -> list[float]:

@@ -61,7 +61,7 @@ def test_plain_paths_build_one_source_in_olmos_order(tmp_path):
         ({"stages": [{"start_step": 5, "weights": {"books": 1.0}}]}, r"data.stages\[0\].weights: unknown sources \['books'\]"),
         ({"stages": [{"start_step": 5, "weights": {"hq": 0}}]}, "at least one above zero"),
         ({"stages": [{"start_step": 5, "weights": {"hq": 1}}, {"start_step": 5, "weights": {"hq": 1}}]}, r"stages\[1\].start_step"),
-        ({"shuffle": True}, r"data: unknown keys \['shuffle'\]"),
+        ({"shuffle": True}, r"data: unknown key\(s\) \['shuffle'\]"),
     ],
 )
 def test_bad_values_are_explained_with_their_key(tmp_path, change, message):
@@ -76,5 +76,5 @@ def test_weights_on_some_sources_only_are_refused(tmp_path):
     with pytest.raises(UserError, match="every source or to none"):
         DataConfig.from_dict(d)
     del d["sources"][1]["paths"]
-    with pytest.raises(UserError, match=r"sources\[1\]: missing keys \['paths'\]"):
+    with pytest.raises(UserError, match=r"sources\[1\]: missing key\(s\) \['paths'\]"):
         DataConfig.from_dict(d)

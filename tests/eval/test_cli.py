@@ -11,7 +11,7 @@ import torch
 from olmolab.cli import main
 from olmolab.eval.downstream import evaluate_task
 from olmolab.eval.tasks import TaskSpec
-from olmolab.io import save_model
+from olmolab.model_files import save_model
 from tests.eval.conftest import WIKITEXT, tiny_model
 
 

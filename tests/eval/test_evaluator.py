@@ -32,7 +32,7 @@ def test_eval_config_round_trips_through_a_plain_dict():
         ({"tasks": ["nope"]}, "unknown task 'nope'"),
         ({"tasks": ["piqa", "piqa:rc"]}, "label(s) piqa appear twice"),
         ({"perplexity": [{"label": "x", "path": "p", "dtype": "float"}]}, "use uint16 or uint32"),
-        ({"perplexity": [{"label": "x"}]}, "eval.perplexity[0]: missing path"),
+        ({"perplexity": [{"label": "x"}]}, "eval.perplexity[0]: missing key(s) ['path']"),
     ],
 )
 def test_eval_config_rejects_mistakes_with_the_key_and_the_fix(section, message):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from olmolab import ModelConfig, Transformer
-from olmolab.io import save_model
+from olmolab.model_files import save_model
 from olmolab.tokenizer import train_bpe
 
 TEXT = [

@@ -11,8 +11,8 @@ from tokenizers import AddedToken
 
 import olmolab
 from olmolab.cli import main
-from olmolab.io import save_model
 from olmolab.model.generate import GenerationConfig, generate_text
+from olmolab.model_files import save_model
 from olmolab.tokenizer import Tokenizer
 
 

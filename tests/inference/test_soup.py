@@ -8,7 +8,7 @@ import torch
 import olmolab
 from olmolab.cli import main
 from olmolab.errors import UserError
-from olmolab.io import save_model
+from olmolab.model_files import save_model
 from olmolab.soup import soup
 
 

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from olmolab import ModelConfig, Transformer
+from olmolab.errors import UserError
 
 # Parameter counts of the released checkpoints (their Hugging Face model pages / safetensors).
 PUBLISHED_PARAMS = {
@@ -58,22 +59,22 @@ def test_flops_per_token_counts_matmuls_lm_head_and_attention():
 
 
 def test_heads_must_divide_d_model():
-    with pytest.raises(ValueError, match=r"d_model=100 is not divisible by n_heads=3.*choose n_heads among"):
+    with pytest.raises(UserError, match=r"d_model=100 is not divisible by n_heads=3.*choose n_heads among"):
         ModelConfig.preset("olmo2-tiny", d_model=100, n_heads=3)
 
 
 def test_kv_heads_must_divide_heads():
-    with pytest.raises(ValueError, match=r"n_heads=4 is not divisible by n_kv_heads=3.*\[1, 2, 4\]"):
+    with pytest.raises(UserError, match=r"n_heads=4 is not divisible by n_kv_heads=3.*\[1, 2, 4\]"):
         ModelConfig.preset("olmo2-tiny", n_kv_heads=3)
 
 
 def test_unknown_preset_lists_the_available_ones():
-    with pytest.raises(ValueError, match=r"unknown model preset 'olmo3-7b'.*olmo2-7b"):
+    with pytest.raises(UserError, match=r"unknown model preset 'olmo3-7b'.*olmo2-7b"):
         ModelConfig.preset("olmo3-7b")
 
 
 def test_unknown_config_key_lists_the_known_ones():
-    with pytest.raises(ValueError, match=r"unknown model config keys \['dmodel'\].*'d_model'"):
+    with pytest.raises(UserError, match=r"model: unknown key\(s\) \['dmodel'\].*d_model"):
         ModelConfig.from_dict({"dmodel": 64})
 
 

@@ -21,8 +21,9 @@ from torch.distributed.checkpoint.api import CheckpointException
 from olmolab.cli import main
 from olmolab.config import load_run_config
 from olmolab.errors import UserError
+from olmolab.revisions import list_revisions
 from olmolab.train import safe_dcp
-from olmolab.train.checkpoint import check_revision, list_revisions
+from olmolab.train.checkpoint import check_revision
 from olmolab.train.trainer import Trainer
 from tests.train.test_trainer import final_weights, olmolab_cmd, run_env
 

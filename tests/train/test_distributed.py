@@ -7,7 +7,7 @@ import sys
 import pytest
 import yaml
 
-from olmolab.train.checkpoint import list_revisions
+from olmolab.revisions import list_revisions
 from olmolab.train.metrics import read_metrics
 
 from .test_trainer import losses, olmolab_cmd, run_env

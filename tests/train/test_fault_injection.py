@@ -19,7 +19,8 @@ from collections import Counter
 import pytest
 
 from olmolab.config import load_run_config
-from olmolab.train.checkpoint import check_revision, list_revisions
+from olmolab.revisions import list_revisions
+from olmolab.train.checkpoint import check_revision
 from olmolab.train.trainer import Trainer
 from tests.train.test_trainer import final_weights, losses, olmolab_cmd, run_env
 

@@ -9,7 +9,7 @@ import pytest
 
 from olmolab.config import load_run_config
 from olmolab.errors import UserError
-from olmolab.train.checkpoint import list_revisions
+from olmolab.revisions import list_revisions
 from olmolab.train.run_lock import LOCK_FILE, RunLock
 from olmolab.train.trainer import Trainer
 from tests.train.test_trainer import olmolab_cmd, run_env

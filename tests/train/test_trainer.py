@@ -13,10 +13,10 @@ import pytest
 import torch
 import yaml
 
-from olmolab import io
+from olmolab import model_files
 from olmolab.config import load_run_config
 from olmolab.errors import UserError
-from olmolab.train.checkpoint import format_tokens, list_revisions, revision_name
+from olmolab.revisions import format_tokens, list_revisions, revision_name
 from olmolab.train.metrics import read_metrics
 from olmolab.train.trainer import Trainer, make_labels
 
@@ -90,7 +90,7 @@ def test_checkpoint_holds_what_is_needed_to_inspect_and_reproduce(tiny_run, tmp_
     assert state["data"]["data_state"]["batch_index"] == 2
     config = json.loads((revision / "config.json").read_text())
     assert config["optim"]["lr"] == 1e-3  # the override, not the file's value
-    model, _ = io.load(revision)
+    model, _ = model_files.load(revision)
     assert model.config.n_layers == 2
 
 
@@ -124,7 +124,7 @@ def test_fine_tuning_starts_from_a_checkpoint_with_fresh_trainer_state(tiny_run,
                                  f"data.label_mask_paths=[{tmp_path / 'train.mask.npy'}]"])
     trainer = Trainer(sft)
     assert trainer.state.step == 0
-    loaded, _ = io.load(base)
+    loaded, _ = model_files.load(base)
     torch.testing.assert_close(trainer.raw_model.lm_head.weight, loaded.lm_head.weight)
     batch = next(iter(trainer.loader))
     assert batch["label_mask"].float().mean() == 0.5
@@ -225,7 +225,7 @@ def test_a_huge_learning_rate_ends_the_run_with_a_non_zero_exit(tiny_run, tmp_pa
     assert result.returncode == 2
     assert "the run has diverged" in result.stderr or "not saved" in result.stderr
     for revision in list_revisions(tmp_path / "run"):
-        model, _ = io.load(revision.path)
+        model, _ = model_files.load(revision.path)
         assert all(torch.isfinite(p).all() for p in model.parameters()), f"{revision.path} holds NaN weights"
 
 

@@ -23,9 +23,10 @@ be files, directories (their `*.npy`) or globs, relative to the working director
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
+from olmolab.configlib import from_dict, to_dict
 from olmolab.data.instances import DEFAULT_SOURCE, TokenDataset
 from olmolab.data.order import DataState, Stage, TrainOrder
 from olmolab.data.shards import TOKEN_DTYPES, open_token_files
@@ -130,20 +131,15 @@ class DataConfig:
     # -- dicts ------------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return to_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "data") -> DataConfig:
-        """From a plain dict (a YAML `data:` section); unknown keys are errors, then `validate()` runs."""
-        d = dict(_known(d, cls, where))
-        d["sources"] = [SourceConfig(**_known(s, SourceConfig, f"{where}.sources[{i}]")) for i, s in enumerate(d.get("sources") or [])]
-        d["stages"] = [StageConfig(**_known(s, StageConfig, f"{where}.stages[{i}]")) for i, s in enumerate(d.get("stages") or [])]
-        for key in ("paths", "validation_paths"):
-            if isinstance(d.get(key), str):
-                d[key] = [d[key]]
-        config = cls(**d)
-        config.validate()
-        return config
+        """From a plain dict (a YAML `data:` section), by the one config loader; one path may be
+        given as a string."""
+        if isinstance(d, dict):
+            d = d | {key: [d[key]] for key in ("paths", "validation_paths") if isinstance(d.get(key), str)}
+        return from_dict(cls, d, where)
 
     # -- building ---------------------------------------------------------------------------
 
@@ -223,16 +219,3 @@ def _require(value: Any, key: str, ok: Callable[[Any], bool], expected: str) -> 
     if not ok(value):
         key = key if key.startswith("data") else f"data.{key}"
         raise UserError(f"{key}: got {value!r}; expected {expected}")
-
-
-def _known(d: Any, cls: type, where: str) -> dict[str, Any]:
-    if not isinstance(d, dict):
-        raise UserError(f"{where}: expected a mapping of keys to values, got {type(d).__name__}")
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-        raise UserError(f"{where}: unknown keys {unknown}; known keys are {sorted(known)}")
-    missing = sorted(f.name for f in fields(cls) if f.name not in d and f.default is MISSING and f.default_factory is MISSING)
-    if missing:
-        raise UserError(f"{where}: missing keys {missing}")
-    return d

@@ -75,7 +75,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import olmolab
-    from olmolab.io import check_tokenizer
+    from olmolab.model_files import check_tokenizer
     from olmolab.tokenizer import Tokenizer
 
     specs = parse_task_list(",".join(CORE_TASKS) if args.tasks == "all" else args.tasks, args.num_fewshot)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from olmolab.configlib import from_dict
 from olmolab.errors import UserError
 from olmolab.eval.downstream import (
     TextTokenizer,
@@ -105,23 +106,10 @@ class EvalConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> EvalConfig:
         """From the YAML `eval:` mapping; keys and value types are checked, `tasks` may be "a,b,c"."""
-        from olmolab.config import from_dict  # the run config's typed, key-checked loader
-
         data = dict(data or {})
-        sets = []
-        for i, item in enumerate(data.pop("perplexity", None) or []):
-            missing = {"label", "path"} - set(item or {})
-            if missing:
-                raise UserError(
-                    f"eval.perplexity[{i}]: missing {', '.join(sorted(missing))}; each set needs label and path"
-                )
-            sets.append(from_dict(PerplexitySetConfig, item, f"eval.perplexity[{i}]"))
         if isinstance(data.get("tasks"), str):
             data["tasks"] = [t.strip() for t in data["tasks"].split(",") if t.strip()]
-        config = from_dict(cls, data, "eval")
-        config.perplexity = sets
-        config.validate()
-        return config
+        return from_dict(cls, data, "eval")
 
 
 # ---------------------------------------------------------------------------------- evaluators

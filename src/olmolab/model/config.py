@@ -24,6 +24,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from olmolab.configlib import from_dict, to_dict
+from olmolab.errors import UserError
+
 NormKind = Literal["layernorm", "rmsnorm"]
 NormPlacement = Literal["pre", "post"]
 InitKind = Literal["normal", "mitchell"]
@@ -76,7 +79,7 @@ class ModelConfig:
 
     def validate(self) -> None:
         def fail(msg: str) -> None:
-            raise ValueError(f"ModelConfig({self.name}): {msg}")
+            raise UserError(f"ModelConfig({self.name}): {msg}")
 
         for key in ("d_model", "n_layers", "n_heads", "n_kv_heads", "mlp_hidden_size", "vocab_size", "max_seq_len"):
             if getattr(self, key) < 1:
@@ -158,15 +161,19 @@ class ModelConfig:
     # ------------------------------------------------------------------ (de)serialisation
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return to_dict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown model config keys {unknown}; known keys: {sorted(known)}")
-        return cls(**data)
+    def from_dict(cls, data: dict[str, Any], where: str = "model") -> ModelConfig:
+        """From a plain mapping (a saved config.json's "model", a YAML `model:` section); with a
+        `preset: NAME` key, the preset's values with the other keys as overrides."""
+        if isinstance(data, dict) and "preset" in data:
+            data = dict(data)
+            name = data.pop("preset")
+            if name not in PRESETS:
+                raise UserError(f"{where}.preset={name!r} is unknown; the presets are {', '.join(PRESETS)}")
+            data = PRESETS[name] | {"name": name} | data
+        return from_dict(cls, data, where)
 
     def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)
@@ -177,7 +184,7 @@ class ModelConfig:
     def preset(cls, name: str, /, **overrides: Any) -> ModelConfig:
         """A named architecture, e.g. `ModelConfig.preset("olmo2-7b")`; keyword overrides win."""
         if name not in PRESETS:
-            raise ValueError(f"unknown model preset {name!r}; available presets: {', '.join(PRESETS)}")
+            raise UserError(f"unknown model preset {name!r}; available presets: {', '.join(PRESETS)}")
         return cls(**{**PRESETS[name], "name": name, **overrides})
 
     @staticmethod

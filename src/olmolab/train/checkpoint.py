@@ -26,11 +26,9 @@ from __future__ import annotations
 import json
 import pickle
 import random
-import re
 import shutil
 import sys
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,13 +43,13 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
-from olmolab import io
+from olmolab import model_files
 from olmolab.errors import UserError, first_line
 from olmolab.model import ModelConfig
+from olmolab.revisions import Revision, list_revisions, revision_name
 from olmolab.train import distributed as dist_utils
 from olmolab.train import safe_dcp
 
-REVISION = re.compile(r"^step(\d+)-tokens(\d+)([KMBT]?)$")
 LEFTOVER_PREFIXES = (".tmp-", ".trash-")
 TRAIN_STATE_KEYS = ("step", "tokens", "data")
 
@@ -59,45 +57,10 @@ TRAIN_STATE_KEYS = ("step", "tokens", "data")
 class DamagedCheckpoint(UserError):
     """A revision whose files cannot be read back: resume falls back to an older one."""
 
+
 # One process saves through DCP too (so its checkpoints load at any world size); DCP warns
 # that it assumes a single process, which is exactly the intent.
 warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
-
-
-def format_tokens(tokens: int) -> str:
-    """4_194_304_000 -> '4B', 12_582_912 -> '13M': OLMo's rounded token counts."""
-    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if tokens >= scale:
-            return f"{round(tokens / scale)}{unit}"
-    return str(tokens)
-
-
-def revision_name(step: int, tokens: int) -> str:
-    return f"step{step}-tokens{format_tokens(tokens)}"
-
-
-@dataclass(frozen=True)
-class Revision:
-    step: int
-    path: Path
-
-
-def list_revisions(run_dir: str | Path) -> list[Revision]:
-    """Complete revisions of a run, by step."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        return []
-    found = [
-        Revision(int(m.group(1)), child)
-        for child in run_dir.iterdir()
-        if (m := REVISION.match(child.name)) and (child / "train_state.json").exists()
-    ]
-    return sorted(found, key=lambda r: r.step)
-
-
-def latest_revision(run_dir: str | Path) -> Revision | None:
-    revisions = list_revisions(run_dir)
-    return revisions[-1] if revisions else None
 
 
 def read_train_state(path: Path) -> dict:
@@ -126,7 +89,7 @@ def saved_model_config(path: Path) -> ModelConfig:
         return ModelConfig.from_dict(json.loads(file.read_text())["model"])
     except OSError as e:
         raise DamagedCheckpoint(f"{file}: cannot read it ({e.strerror})") from e
-    except (ValueError, KeyError, TypeError) as e:
+    except (UserError, ValueError, KeyError, TypeError) as e:
         raise DamagedCheckpoint(f"{file}: no valid `model` section ({first_line(e)})") from e
 
 
@@ -203,7 +166,7 @@ def save_checkpoint(
     (tmp / "rng").mkdir(exist_ok=True)
     torch.save(rng_state(), tmp / "rng" / f"rank{rank}.pt")
     if rank == 0:
-        io.write_model_dir(full, run_config, tmp, tokenizer_path)
+        model_files.write_model_dir(full, run_config, tmp, tokenizer_path)
         (tmp / "train_state.json").write_text(json.dumps(train_state, indent=2) + "\n")
     dist_utils.barrier()
     if rank == 0:

@@ -93,7 +93,8 @@ def _train(args) -> int:
 
 
 def _checkpoints(args) -> int:
-    from olmolab.train.checkpoint import check_revision, list_revisions, read_train_state
+    from olmolab.revisions import list_revisions
+    from olmolab.train.checkpoint import check_revision, read_train_state
     from olmolab.train.metrics import read_metrics
 
     run_dir = Path(args.run_dir)

@@ -38,16 +38,6 @@ class PrepareConfig:
     tokenize: TokenizePlan | None = None
     validation: TokenizePlan | None = None
 
-    @classmethod
-    def from_dict(cls, raw: dict) -> PrepareConfig:
-        from olmolab.config import from_dict
-
-        parts = {"tokenizer": TokenizerPlan, "tokenize": TokenizePlan, "validation": TokenizePlan}
-        unknown = sorted(set(raw) - set(parts))
-        if unknown:
-            raise UserError(f"prepare: unknown key(s) {unknown}; the keys of prepare are: {', '.join(parts)}")
-        return cls(**{k: from_dict(cls_, raw[k], f"prepare.{k}") for k, cls_ in parts.items() if raw.get(k)})
-
 
 def run_prepare(config: PrepareConfig, progress: bool = True) -> None:
     from olmolab.data.documents import expand_inputs, iter_documents

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from olmolab import io
+from olmolab import model_files
 from olmolab.allocator import keep_freed_memory
 from olmolab.config import RunConfig
 from olmolab.data.loader import validation_batches
@@ -37,6 +37,7 @@ from olmolab.data.shards import check_vocab_fits
 from olmolab.errors import UserError
 from olmolab.model import ModelConfig, Transformer
 from olmolab.model.loss import IGNORE_INDEX
+from olmolab.revisions import Revision, latest_revision, list_revisions
 from olmolab.train import checkpoint as ckpt
 from olmolab.train import distributed as dist_utils
 from olmolab.train.metrics import MetricSinks, SpikeDetector, Throughput, peak_flops, read_metrics
@@ -104,7 +105,7 @@ class Trainer:
             model = Transformer(config.model)
         self.state = TrainState()
         resumable = ckpt.intact_revisions(self.run_dir, warn=self.rank == 0)
-        if ckpt.list_revisions(self.run_dir) and not resumable:
+        if list_revisions(self.run_dir) and not resumable:
             raise UserError(f"{self.run_dir}: every revision in it is damaged (see above); move them away "
                             f"to start the run afresh")
         if not resumable and tc.load_path and tc.reset_trainer_state:
@@ -160,7 +161,7 @@ class Trainer:
         return lock
 
     def _load_weights_only(self, model: Transformer, path: str) -> None:
-        source = io.load_model(path, device=self.device)
+        source = model_files.load_model(path, device=self.device)
         self._check_same_model(source.config, path)
         model.load_state_dict(source.state_dict())
 
@@ -175,7 +176,7 @@ class Trainer:
             raise UserError(f"{path}: saved with another model ({'; '.join(differences)}); restore this run's "
                             f"`model:` section, or start a new run (another trainer.run_dir)")
 
-    def _resume_from_newest_loadable(self, revisions: list[ckpt.Revision]) -> None:
+    def _resume_from_newest_loadable(self, revisions: list[Revision]) -> None:
         """Resume from the newest revision that loads, warning about each newer one that does not."""
         for revision in reversed(revisions):
             try:
@@ -259,7 +260,7 @@ class Trainer:
     def _stop_if_diverged(self, row: dict) -> None:
         limit = self.config.trainer.max_consecutive_skipped_steps
         if self.state.consecutive_skipped_steps >= limit:
-            last = ckpt.latest_revision(self.run_dir)
+            last = latest_revision(self.run_dir)
             raise UserError(
                 f"step {self.state.step + 1}: the last {limit} steps were all skipped for a non-finite loss or "
                 f"gradient (loss {row['loss']}, grad norm {row['grad_norm']}): the run has diverged. "
@@ -413,7 +414,7 @@ class Trainer:
             local = param.to_local() if hasattr(param, "to_local") else param  # an FSDP2 shard
             bad += (~torch.isfinite(local)).any()
         if dist_utils.all_reduce_sum(bad).item():
-            last = ckpt.latest_revision(self.run_dir)
+            last = latest_revision(self.run_dir)
             raise UserError(
                 f"step {self.state.step}: the weights hold NaN or infinite values, so they are not saved"
                 + (f" (the last revision, {last.path.name}, is kept)" if last else "")

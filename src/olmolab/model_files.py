@@ -1,4 +1,6 @@
-"""Reading and writing models: olmolab checkpoints, run directories, Hugging Face directories.
+"""A model on disk: olmolab model directories, revisions of a run, Hugging Face directories.
+
+`olmolab.load(path)` (this module's `load`) is the one way in; `save_model` the way out.
 
 An olmolab model directory (what the trainer writes in each `stepN-tokensM/` revision) holds
 
@@ -12,7 +14,6 @@ A Hugging Face directory is recognised by the `model_type` key of its config.jso
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from pathlib import Path
 
@@ -20,11 +21,12 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from olmolab.convert import hf
 from olmolab.errors import UserError
 from olmolab.files import write_safetensors
 from olmolab.model import ModelConfig, Transformer
-
-REVISION_PATTERN = re.compile(r"^(?:.*-)?step(\d+)(?:-tokens\d+[KMBT]?)?$")
+from olmolab.revisions import latest_revision
+from olmolab.tokenizer import Tokenizer
 
 
 def save_model(model: Transformer, out_dir: str | Path, run_config: dict | None = None, tokenizer=None) -> Path:
@@ -61,12 +63,9 @@ def resolve_model_dir(path: str | Path) -> Path:
         raise UserError(f"{path}: is a file; pass the directory that holds config.json and the weights")
     if (path / "config.json").exists() and _has_weights(path):
         return path
-    revisions = sorted(
-        (int(m.group(1)), child) for child in path.iterdir()
-        if child.is_dir() and (m := REVISION_PATTERN.match(child.name)) and (child / "config.json").exists()
-    )
-    if revisions:
-        return revisions[-1][1]
+    latest = latest_revision(path, marker="config.json")
+    if latest is not None:
+        return latest.path
     raise UserError(f"{path}: no config.json with weights here, and no stepN-tokensM revision inside")
 
 
@@ -84,8 +83,6 @@ def is_hf_dir(path: Path) -> bool:
 
 def load_model(path: str | Path, device: str | torch.device = "cpu", dtype=torch.float32) -> Transformer:
     """A Transformer from any supported directory, in eval mode."""
-    from olmolab.convert import hf
-
     model_dir = resolve_model_dir(path)
     if is_hf_dir(model_dir):
         try:
@@ -103,7 +100,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype=torch
         raise UserError(f"{config_path}: has no 'model' section and no 'model_type'; not a model checkpoint")
     try:
         config = ModelConfig.from_dict(run_config["model"])
-    except (TypeError, ValueError) as e:
+    except UserError as e:
         raise UserError(f"{config_path}: bad 'model' section: {e}") from e
     weights = model_dir / "model.safetensors"
     try:
@@ -119,8 +116,6 @@ def load_tokenizer(path: str | Path):
 
     Beside an HF export, `special_tokens_map.json` names EOS and PAD (`Tokenizer.from_file` reads it).
     """
-    from olmolab.tokenizer import Tokenizer
-
     path = Path(path)
     model_dir = resolve_model_dir(path)
     for candidate in (model_dir / "tokenizer.json", path / "tokenizer.json", model_dir.parent / "tokenizer.json"):
