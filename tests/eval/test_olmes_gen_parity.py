@@ -25,7 +25,9 @@ WITH_REQUESTS = sorted(name for name, task in GEN_TASKS.items() if task.requests
 
 
 def requests_of(task_name: str) -> list[dict]:
-    return sorted(read_olmes_requests(requests_file(GEN_TASKS[task_name], EVAL_DATA)), key=lambda r: r["doc_id"])
+    return sorted(
+        read_olmes_requests(requests_file(GEN_TASKS[task_name], EVAL_DATA)), key=lambda r: r["doc_id"]
+    )
 
 
 def test_every_task_with_requests_in_the_shared_data_is_checked(eval_data):

@@ -274,7 +274,10 @@ def doc_indices(task: GenTask, n_docs: int, limit: int | None) -> list[int]:
 
 
 def build_gen_examples(
-    task_name: str, num_shots: int | None = None, data_dir: str | os.PathLike | None = None, limit: int | None = None
+    task_name: str,
+    num_shots: int | None = None,
+    data_dir: str | os.PathLike | None = None,
+    limit: int | None = None,
 ) -> list[GenExample]:
     """The examples of a generative task: its docs (subsampled to `limit`) with OLMES's prompts."""
     task = get_gen_task(task_name)
