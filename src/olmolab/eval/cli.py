@@ -54,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "checkpoint", help="olmolab checkpoint, revision or run directory, or a Hugging Face directory"
     )
     parser.add_argument(
-        "--tasks", default="", help="comma-separated task specs, or `all` (the ten core tasks)"
+        "--tasks", default="", help="comma-separated task specs and suites, or `all` (the ten core tasks)"
     )
     parser.add_argument("--limit", type=int, default=None, help="examples per task (default: all)")
     parser.add_argument("--num-fewshot", type=int, default=0, help="shots for tasks that do not say :Nshot")
@@ -75,7 +75,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--tokenizer", default=None, help="tokenizer.json, if the checkpoint has none")
     parser.add_argument(
-        "--output", default=None, help="write results and the first prompts of each task as JSON"
+        "--output", default=None, help="write results, the first prompts of each task and every answer as JSON"
     )
     parser.add_argument(
         "--samples", type=int, default=3,
