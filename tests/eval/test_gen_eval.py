@@ -73,6 +73,17 @@ def test_tulu_chat_template_renders_turns_and_leaves_the_assistant_open():
     assert example.turns[-1][1] == "" and example.prompt.endswith(example.turns[-1][0])
 
 
+def test_chat_prompts_of_olmo2_start_with_its_bos_and_close_each_answer_with_eos(eval_data):
+    from olmolab.tokenizer import Tokenizer
+    from tests.eval.conftest import SHARED_DATA
+
+    dolma2 = Tokenizer.from_file(SHARED_DATA / "tokenizers" / "allenai_dolma2.json")  # OLMo 2: no BOS token
+    examples = build_gen_examples("gsm8k", 2, eval_data, 1)
+    [ids] = encode_prompts(dolma2, examples, chat=True, max_prompt_tokens=10**6)
+    assert ids[0] == dolma2.eos_token_id and ids.count(dolma2.eos_token_id) == 1 + 2  # BOS, then one per shot
+    assert dolma2.decode(ids).endswith("\nAnswer:\n<|assistant|>\n")
+
+
 def test_suites_expand_to_olmes_task_lists():
     gen = parse_eval_tasks("olmo2_gen")
     assert [s.task for s in gen] == ["coqa", "squad", "jeopardy", "naturalqs", "drop"]

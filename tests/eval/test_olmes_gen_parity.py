@@ -8,6 +8,7 @@ import random
 
 import pytest
 
+from olmolab.errors import UserError
 from olmolab.eval.generative import (
     GEN_DIR,
     GEN_TASKS,
@@ -95,3 +96,5 @@ def test_triviaqa_is_zero_shot_and_says_why(eval_data):
     assert examples[0].prompt.startswith("Question: ") and examples[0].prompt.endswith("\nAnswer:")
     assert len(examples[0].golds) > 1  # the value and its aliases
     assert "not available" in GEN_TASKS["triviaqa"].note
+    with pytest.raises(UserError, match="triviaqa: 5 shots asked, 0 available .*not available here"):
+        build_gen_examples("triviaqa", 5, eval_data, 4)

@@ -212,18 +212,13 @@ def read_olmes_requests(path: Path) -> list[dict]:
 
 
 @cache
-def _olmes_requests(task_name: str, root: Path) -> list[dict]:
-    return read_olmes_requests(requests_file(GEN_TASKS[task_name], root))
-
-
-@cache
 def load_docs(task_name: str, root: Path) -> list[dict]:
     """The task's docs, in OLMES's doc_id order where they come from its request file."""
     task = GEN_TASKS[task_name]
     if task.hf is not None:
         return load_split(task.name, (task.hf,), root)
-    requests = sorted(_olmes_requests(task_name, root), key=lambda r: r["doc_id"])
-    return [r["doc"] for r in requests]
+    requests = read_olmes_requests(requests_file(task, root))
+    return [r["doc"] for r in sorted(requests, key=lambda r: r["doc_id"])]
 
 
 @cache
@@ -236,7 +231,9 @@ def load_shots(task_name: str, root: Path) -> list[dict[str, str]]:
     task = GEN_TASKS[task_name]
     if not task.has_shots:
         return []
-    context = _olmes_requests(task_name, root)[0]["request"]["context"].removeprefix(task.description)
+    with gzip.open(requests_file(task, root), "rt", encoding="utf-8") as f:
+        first = json.loads(f.readline())
+    context = first["request"]["context"].removeprefix(task.description)
     opening = task.query[: task.query.index("{")]
     blocks = re.split(rf"\n\n(?={re.escape(opening)})", context)[:-1]  # the last block is the doc itself
     return [parse_shot(task, block) for block in blocks]
@@ -285,9 +282,9 @@ def build_gen_examples(
     shots_wanted = task.num_shots if num_shots is None else num_shots
     shots = load_shots(task.name, root)[:shots_wanted] if shots_wanted else []
     if len(shots) < shots_wanted:
+        why = task.note or "OLMES's curated shots, recovered from its requests"
         raise UserError(
-            f"{task.name}: {shots_wanted} shots asked, {len(shots)} available (OLMES's curated shots, "
-            f"recovered from its requests); use at most {len(shots)}"
+            f"{task.name}: {shots_wanted} shots asked, {len(shots)} available ({why}); use at most {len(shots)}"
         )
     docs = load_docs(task.name, root)
     return [make_example(task, i, docs[i], shots) for i in doc_indices(task, len(docs), limit)]

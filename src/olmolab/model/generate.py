@@ -15,7 +15,7 @@ it would alone. The cache is allocated once for prompt + new tokens; each decode
 model on one token per row and asks for the last position's logits only. On CPU the matmuls,
 most of a decode step, run on kernels chosen for a few rows (`cpu_linear_kernels`). A row that
 ends (EOS, a stop token or string) leaves the batch: its cache rows are dropped, so the rest
-decode with fewer rows and a batch is never held up by its finished answers.
+decode with fewer rows: a finished answer costs nothing more while the others run on.
 `GenerationConfig(compile=True)` decodes with one compiled step over a fixed-size cache instead
 (`decode_step`), about twice as fast per token for a single prompt.
 
