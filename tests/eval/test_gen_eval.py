@@ -113,6 +113,16 @@ def test_scores_follow_the_task_metric(model, tokenizer, eval_data):
     ]
 
 
+def test_chat_results_show_the_prompt_as_rendered_in_the_template(model, tokenizer, eval_data):
+    examples = build_gen_examples("naturalqs", 1, eval_data, 2)
+    result = evaluate_generative(
+        model, tokenizer, GenSpec("naturalqs", 1, chat=True), examples, max_new_tokens=2
+    )
+    prompt = result.samples[0]["prompt"]
+    assert prompt.count("<|user|>\n") == 2 and prompt.endswith("\nAnswer:\n<|assistant|>\n")
+    assert result.spec.label == "naturalqs_1shot_chat" and result.settings["chat"]
+
+
 def test_in_loop_generative_tasks_with_per_task_limits(model, tokenizer, eval_data):
     config = EvalConfig.from_dict({
         "tasks": "gsm8k:1shot,piqa", "limit": 3, "task_limits": {"gsm8k_1shot": 2}, "max_new_tokens": 4,

@@ -111,17 +111,22 @@ def special_token_text(tokenizer, token_id: int | None) -> str:
     return "" if token_id is None or hf is None else hf.id_to_token(token_id)
 
 
+def prompt_texts(tokenizer: TextTokenizer, examples: Sequence[GenExample], chat: bool) -> list[str]:
+    """The text each prompt is encoded from: OLMES's prompt, or its turns in the chat template."""
+    if not chat:
+        return [ex.prompt for ex in examples]
+    eos = special_token_text(tokenizer, tokenizer.eos_token_id)
+    bos = special_token_text(tokenizer, tokenizer.bos_token_id) or eos  # OLMo 2: BOS = EOS
+    return [tulu_chat_prompt(ex.turns, bos, eos) for ex in examples]
+
+
 def encode_prompts(
     tokenizer: TextTokenizer, examples: Sequence[GenExample], chat: bool, max_prompt_tokens: int
 ) -> list[list[int]]:
-    """Token ids of each prompt, BOS first (plain prompts) and the oldest tokens cut to fit."""
-    if chat:
-        eos = special_token_text(tokenizer, tokenizer.eos_token_id)
-        bos = special_token_text(tokenizer, tokenizer.bos_token_id) or eos  # OLMo 2: BOS = EOS
-        texts, head = [tulu_chat_prompt(ex.turns, bos, eos) for ex in examples], []
-    else:
-        texts = [ex.prompt for ex in examples]
-        head = [] if tokenizer.bos_token_id is None else [tokenizer.bos_token_id]
+    """Token ids of each prompt, BOS first (plain prompts; the chat template has its own) and the
+    oldest tokens cut to fit."""
+    head = [] if chat or tokenizer.bos_token_id is None else [tokenizer.bos_token_id]
+    texts = prompt_texts(tokenizer, examples, chat)
     return [(head + ids)[-max_prompt_tokens:] for ids in encode_many(tokenizer, texts)]
 
 
@@ -207,7 +212,11 @@ def evaluate_generative(
     metrics, stderr = {}, {}
     for name, values in per_metric.items():
         metrics[name], stderr[name] = mean_and_stderr(values)
-    samples = [{"doc_index": ex.doc_index, "prompt": ex.prompt} for ex in examples[:n_samples]]
+    shown = examples[:n_samples]
+    samples = [
+        {"doc_index": ex.doc_index, "prompt": text}
+        for ex, text in zip(shown, prompt_texts(tokenizer, shown, spec.chat), strict=True)
+    ]
     settings = {
         "num_shots": spec.num_shots, "stop_sequences": list(task.stop_sequences), "max_new_tokens": budget,
         "chat": spec.chat, "note": task.note,
