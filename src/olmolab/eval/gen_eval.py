@@ -48,7 +48,7 @@ class GenSpec:
     task: str
     num_shots: int | None = None
     chat: bool = False
-    formulation = "gen"
+    formulation = "gen"  # not a field: what the results table and JSON call this kind of task
 
     def __post_init__(self) -> None:
         if self.num_shots is None:  # OLMES's shot count for the task
