@@ -164,6 +164,21 @@ def test_on_token_sees_every_token_and_can_end_a_row(make_model):
     assert [t for r, t in seen if r == 1] == out[1]
 
 
+def test_finished_rows_leave_the_batch_and_the_rest_decode_as_alone(make_model):
+    model = make_model()
+    prompts = random_prompts([3, 6, 5])
+    config = GenerationConfig(max_new_tokens=8, stop_at_eos=False)
+    alone = [generate(model, [p], config)[0] for p in prompts]
+    batch_sizes = []
+    hook = model.register_forward_pre_hook(lambda module, args: batch_sizes.append(args[0].shape[0]))
+    try:
+        out = generate(model, prompts, config, on_token=lambda row, token: row == 1)  # row 1 ends at once
+    finally:
+        hook.remove()
+    assert out[0] == alone[0] and out[2] == alone[2] and out[1] == alone[1][:1]
+    assert batch_sizes == [3] + [2] * 7  # the prompt, then 7 decode steps without row 1
+
+
 @pytest.mark.parametrize("bad, message", [
     (dict(max_new_tokens=0), "max_new_tokens=0 must be at least 1"),
     (dict(temperature=-1.0), "temperature=-1.0 must be >= 0"),

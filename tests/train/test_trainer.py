@@ -197,7 +197,8 @@ def test_in_loop_evaluation_logs_downstream_and_perplexity_metrics(tiny_run, tmp
     tokenizer = train_bpe([(wikitext / "valid.txt").read_text()[:100_000]], vocab_size=512)
     tokenizer.save(tmp_path / "tokenizer.json")
     path, raw = tiny_run(max_steps=2, eval_interval=1, tokenizer=str(tmp_path / "tokenizer.json"))
-    raw["eval"] = {"tasks": ["piqa"], "limit": 8, "data_dir": str(shared_data / "eval"), "batch_size": 8,
+    raw["eval"] = {"tasks": ["piqa", "gsm8k:1shot"], "limit": 8, "data_dir": str(shared_data / "eval"),
+                   "batch_size": 8, "task_limits": {"gsm8k_1shot": 2}, "max_new_tokens": 4,
                    "perplexity": [{"label": "wikitext", "path": str(wikitext / "test.txt"), "max_tokens": 2000}]}
     path.write_text(yaml.safe_dump(raw))
     Trainer(load_run_config(path)).fit()
@@ -205,6 +206,7 @@ def test_in_loop_evaluation_logs_downstream_and_perplexity_metrics(tiny_run, tmp
     assert [r["step"] for r in evals] == [1, 2]
     assert {"eval/wikitext/BitsPerByte", "eval/validation/BitsPerByte"} <= set(evals[-1])
     assert 0 <= evals[-1]["eval/downstream/piqa_acc"] <= 1
+    assert 0 <= evals[-1]["eval/downstream/gsm8k_1shot_exact_match"] <= 1  # a generative task, 2 examples
 
 
 def test_a_diverged_run_stops_with_an_error_after_n_skipped_steps(tiny_run, tmp_path):
@@ -256,7 +258,8 @@ def test_shards_recorded_with_a_larger_vocabulary_are_refused_up_front(tiny_run,
     shard = Path(raw["data"]["paths"][0])
     identity = TokenizerIdentity("big.json", "0" * 64, 50_000, 0, 1, None)
     shard.with_suffix(".json").write_text(json.dumps({
-        "format": "olmolab.token_shard.v1", "dtype": "uint16", "num_tokens": 64 * 32, "tokenizer": identity.to_dict(), "documents": "train.csv.gz"}))
+        "format": "olmolab.token_shard.v1", "dtype": "uint16", "num_tokens": 64 * 32,
+        "tokenizer": identity.to_dict(), "documents": "train.csv.gz"}))
     with pytest.raises(UserError, match=rf"{shard}: tokenized with big.json \(50000 tokens\), more than the "
                                         r"model's vocabulary of 512"):
         Trainer(load_run_config(path))

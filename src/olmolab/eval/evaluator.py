@@ -9,11 +9,12 @@
 Metric names follow OLMo's: `eval/downstream/{label}_{metric}` for tasks (label = task, then
 `_mc` for multiple choice, then `_{k}shot` when k > 0: `piqa_acc`, `arc_easy_mc_5shot_acc`) and
 `eval/{label}/CrossEntropyLoss`, `.../Perplexity`, `.../BitsPerByte` for perplexity sets.
+Generative tasks report `eval/downstream/{label}_{metric}` too: `gsm8k_exact_match`, `drop_f1`.
 
 `evaluate(model)` takes the bare model (unwrap DDP's `.module`), runs in eval mode under
 `torch.inference_mode()` and gives the model back in the mode it came in. Every rank computes
-the same numbers over the same examples; under FSDP every rank must call it, since each forward
-gathers the sharded weights.
+the same numbers over the same examples (ranked-choice batches and generated answers are split
+over the ranks); under FSDP every rank must call it, since each forward gathers the sharded weights.
 """
 
 from __future__ import annotations
@@ -33,8 +34,11 @@ from olmolab.eval.downstream import (
     evaluate_examples,
     tokenize_requests,
 )
+from olmolab.eval.gen_eval import GenSpec, evaluate_generative
+from olmolab.eval.generative import GenExample, build_gen_examples
 from olmolab.eval.perplexity import Document, evaluate_documents, load_documents
-from olmolab.eval.tasks import Example, TaskSpec, build_examples, parse_task_list
+from olmolab.eval.suites import EvalSpec, parse_eval_tasks
+from olmolab.eval.tasks import Example, TaskSpec, build_examples
 
 
 @dataclass
@@ -56,9 +60,16 @@ class EvalConfig:
     """The trainer YAML's `eval:` section; also what `olmolab eval` runs."""
 
     tasks: list[str] = field(default_factory=list)
-    """Task specs `name[:rc|:mc][:Nshot]`: ["piqa", "hellaswag", "arc_easy:mc:5shot"]."""
+    """Task specs `name[:rc|:mc][:Nshot]`, generative `name[:Nshot]`, or suites (`eval/suites.py`):
+    ["piqa", "arc_easy:mc:5shot", "gsm8k", "olmo2_gen"]."""
     limit: int | None = 1000
     """Examples per task (OLMES's Random(1234) subsample); None evaluates every example."""
+    task_limits: dict[str, int] = field(default_factory=dict)
+    """Per-task limits by label, over `limit`: {"gsm8k": 50} (generative tasks cost far more)."""
+    max_new_tokens: int | None = None
+    """Caps every generative task's own token budget (GSM8K 512, MATH 1024); None keeps them."""
+    chat: bool = False
+    """Render generative prompts in the chat template (for SFT/DPO/RLVR models)."""
     num_fewshot: int = 0
     """Shots for task specs that do not say `:Nshot`."""
     perplexity: list[PerplexitySetConfig] = field(default_factory=list)
@@ -79,11 +90,19 @@ class EvalConfig:
             fail("batch_size", f"{self.batch_size} must be a positive integer")
         if self.limit is not None and self.limit < 1:
             fail("limit", f"{self.limit} must be positive, or null for every example")
+        for label, limit in self.task_limits.items():
+            if limit < 1:
+                fail(f"task_limits.{label}", f"{limit} must be a positive integer")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            fail("max_new_tokens", f"{self.max_new_tokens} must be positive, or null for each task's own")
         if self.num_fewshot < 0:
             fail("num_fewshot", f"{self.num_fewshot} must be 0 or more")
         if self.stride is not None and self.stride < 1:
             fail("stride", f"{self.stride} must be positive, or null for half the model's window")
         labels = [spec.label for spec in self.specs()] + [p.label for p in self.perplexity]
+        unknown = sorted(set(self.task_limits) - set(labels))
+        if unknown:
+            fail("task_limits", f"{', '.join(unknown)} name no task of eval.tasks; use their labels: {labels}")
         duplicates = sorted({label for label in labels if labels.count(label) > 1})
         if duplicates:
             fail(
@@ -97,8 +116,11 @@ class EvalConfig:
                     f"{ppl.dtype!r}; use uint16 or uint32 for token files, null for text",
                 )
 
-    def specs(self) -> list[TaskSpec]:
-        return parse_task_list(self.tasks, self.num_fewshot)
+    def specs(self) -> list[EvalSpec]:
+        return parse_eval_tasks(self.tasks, self.num_fewshot, self.chat)
+
+    def limit_of(self, spec: EvalSpec) -> int | None:
+        return self.task_limits.get(spec.label, self.limit)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -153,6 +175,29 @@ class DownstreamEvaluator:
 
 
 @dataclass
+class GenerativeEvaluator:
+    """One generative task, its prompts built once; answers are generated at every evaluation."""
+
+    spec: GenSpec
+    examples: list[GenExample]
+    tokenizer: TextTokenizer
+    batch_size: int = 32
+    max_new_tokens: int | None = None
+
+    @property
+    def label(self) -> str:
+        return self.spec.label
+
+    def evaluate(self, model) -> dict[str, float]:
+        with eval_mode(model):
+            result = evaluate_generative(
+                model, self.tokenizer, self.spec, self.examples, batch_size=self.batch_size,
+                max_new_tokens=self.max_new_tokens,
+            )  # fmt: skip
+        return {f"eval/downstream/{self.label}_{name}": value for name, value in result.metrics.items()}
+
+
+@dataclass
 class PerplexityEvaluator:
     """One held-out set, read and tokenized once."""
 
@@ -174,7 +219,14 @@ def build_evaluators(config: EvalConfig, tokenizer: TextTokenizer) -> list[Evalu
     config.validate()
     evaluators: list[Evaluator] = []
     for spec in config.specs():
-        examples = build_examples(spec, config.data_dir, config.limit, pmi=config.pmi)
+        limit = config.limit_of(spec)
+        if isinstance(spec, GenSpec):
+            gen_examples = build_gen_examples(spec.task, spec.num_shots, config.data_dir, limit)
+            evaluators.append(
+                GenerativeEvaluator(spec, gen_examples, tokenizer, config.batch_size, config.max_new_tokens)
+            )
+            continue
+        examples = build_examples(spec, config.data_dir, limit, pmi=config.pmi)
         pairs = tokenize_requests(all_requests(examples), tokenizer)
         evaluators.append(DownstreamEvaluator(spec, examples, pairs, config.batch_size))
     for ppl in config.perplexity:

@@ -5,6 +5,7 @@ Two levels:
 
     generate(model, [[ids...], ...], GenerationConfig(...))  -> new token ids per prompt
     generate_text(model, tokenizer, ["text", ...], config, stop_strings=[...])  -> new text per prompt
+    complete_ids(model, tokenizer, [[ids...], ...], config, stop_strings=[...])  -> the same from ids
 
 How a batch is laid out (the same as transformers, so greedy decoding matches its `generate`
 token for token): prompts are *left*-padded to one length, so every row's next token is at the
@@ -12,7 +13,9 @@ same column. A row's RoPE positions count only its real tokens (`cumsum(mask) - 
 attention mask hides the pad columns from every query, so a padded prompt decodes exactly as
 it would alone. The cache is allocated once for prompt + new tokens; each decode step runs the
 model on one token per row and asks for the last position's logits only. On CPU the matmuls,
-most of a decode step, run on kernels chosen for a few rows (`cpu_linear_kernels`).
+most of a decode step, run on kernels chosen for a few rows (`cpu_linear_kernels`). A row that
+ends (EOS, a stop token or string) leaves the batch: its cache rows are dropped, so the rest
+decode with fewer rows: a finished answer costs nothing more while the others run on.
 `GenerationConfig(compile=True)` decodes with one compiled step over a fixed-size cache instead
 (`decode_step`), about twice as fast per token for a single prompt.
 
@@ -325,32 +328,26 @@ def _generate(
 
     vocab = c.vocab_size  # ids past the tokenizer's vocabulary are padding rows: never choose them
     outputs: list[list[int]] = [[] for _ in range(batch)]
-    running = list(range(batch))
-    pad = torch.tensor(c.pad_token_id, device=device)
-    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    rows = list(range(batch))  # the prompt index of each row of the batch
+    done = [False] * batch  # per row of the batch; compiled decoding keeps finished rows
     for step in range(budget):
-        tokens = next_token(logits[:, -1, :vocab], config, generator)  # (B,)
-        if len(running) < batch:  # finished rows are fed padding, which no one reads
-            tokens = torch.where(finished, pad, tokens)
-        chosen = tokens.tolist()
-        still_running = []
-        for row in running:
-            token = chosen[row]
-            outputs[row].append(token)
-            stop = token in stop_ids
-            if on_token is not None and on_token(row, token):
-                stop = True
-            if stop:
-                finished[row] = True
-            else:
-                still_running.append(row)
-        running = still_running
-        if not running or step == budget - 1:
+        tokens = next_token(logits[:, -1, :vocab], config, generator)  # (b,)
+        keep = _record(tokens.tolist(), rows, done, outputs, stop_ids, on_token)
+        if not keep or step == budget - 1:
             break
-        if compiled:
+        if compiled:  # static shapes: finished rows stay, fed padding that no one reads
+            tokens = tokens.masked_fill(torch.tensor(done, device=device), c.pad_token_id)
             logits = decode(model, tokens[:, None], position, key_mask, cache)
             position += 1
-        elif padded:
+            continue
+        if len(keep) < len(rows):
+            # Finished rows leave the batch, so a few long answers do not carry the finished ones along.
+            index = torch.tensor(keep, device=device)
+            rows, done = [rows[i] for i in keep], [False] * len(keep)
+            tokens, position, key_mask = tokens[index], position[index], key_mask[index]
+            cache.keys = [k.index_select(0, index) for k in cache.keys]
+            cache.values = [v.index_select(0, index) for v in cache.values]
+        if padded:
             length = cache.length + 1
             logits = model(tokens[:, None], positions=position, attn_mask=key_mask[..., :length],
                            cache=cache, last_only=True)
@@ -358,6 +355,28 @@ def _generate(
         else:
             logits = model(tokens[:, None], cache=cache, last_only=True)
     return outputs
+
+
+def _record(
+    chosen: list[int], rows: list[int], done: list[bool], outputs: list[list[int]], stop_ids: set[int],
+    on_token: TokenCallback | None,
+) -> list[int]:
+    """Append each running row's new token to its output; mark the rows that end; return the
+    batch positions of the rows that go on."""
+    keep = []
+    for i, row in enumerate(rows):
+        if done[i]:
+            continue
+        token = chosen[i]
+        outputs[row].append(token)
+        stop = token in stop_ids
+        if on_token is not None and on_token(row, token):
+            stop = True
+        if stop:
+            done[i] = True
+        else:
+            keep.append(i)
+    return keep
 
 
 # ---------------------------------------------------------------------- text-level generation
@@ -417,12 +436,27 @@ def generate_text(
     """
     config = config or GenerationConfig()
     eos = model.config.eos_token_id if config.eos_token_id is None else config.eos_token_id
+    encoded = [tokenizer.encode(p) or [eos] for p in prompts]
+    return complete_ids(model, tokenizer, encoded, config, stop_strings=stop_strings, on_text=on_text)
+
+
+def complete_ids(
+    model: Transformer,
+    tokenizer,
+    prompts: Sequence[Sequence[int]],
+    config: GenerationConfig | None = None,
+    *,
+    stop_strings: Sequence[str] = (),
+    on_text: Callable[[int, str], None] | None = None,
+) -> list[str]:
+    """`generate_text` for prompts already encoded (evaluation adds BOS and truncates them itself)."""
+    config = config or GenerationConfig()
+    eos = model.config.eos_token_id if config.eos_token_id is None else config.eos_token_id
     tokenizer_eos = getattr(tokenizer, "eos_token_id", None)
     if config.stop_at_eos and tokenizer_eos is not None and tokenizer_eos != eos:
         config = dataclasses.replace(config, stop_token_ids=(*config.stop_token_ids, tokenizer_eos))
     stop_strings = [s for s in stop_strings if s]
     skip_ids = set(config.stop_token_ids) | ({eos} if config.stop_at_eos else set())
-    encoded = [tokenizer.encode(p) or [eos] for p in prompts]
     rows = [_TextRow(tokenizer, stop_strings, skip_ids) for _ in prompts]
 
     def on_token(row: int, token: int) -> bool:
@@ -431,7 +465,7 @@ def generate_text(
             on_text(row, piece)
         return stop
 
-    generate(model, encoded, config, on_token=on_token)
+    generate(model, prompts, config, on_token=on_token)
     for row, state in enumerate(rows):
         state.done = True
         if on_text is not None and (piece := state.ready()):
