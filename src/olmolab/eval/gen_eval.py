@@ -34,8 +34,9 @@ from olmolab.errors import UserError
 from olmolab.eval.downstream import TaskResult, TextTokenizer, encode_many, mean_and_stderr
 from olmolab.eval.gen_metrics import METRICS
 from olmolab.eval.generative import GenExample, get_gen_task
-from olmolab.eval.scoring import model_window, process_group_position
+from olmolab.eval.scoring import model_window
 from olmolab.model.generate import GenerationConfig, complete_ids
+from olmolab.train import distributed as dist_utils
 
 
 @dataclass(frozen=True)
@@ -162,7 +163,7 @@ def is_sharded(model) -> bool:
 
 def answers_over_ranks(model, tokenizer, prompts: list[list[int]], **kwargs) -> list[str]:
     """Every prompt's answer; in a process group each rank answers its share and all gather."""
-    rank, world = process_group_position()
+    rank, world = dist_utils.rank(), dist_utils.world_size()
     if world == 1 or is_sharded(model):
         return generate_answers(model, tokenizer, prompts, **kwargs)
     mine = generate_answers(model, tokenizer, prompts[rank::world], **kwargs)

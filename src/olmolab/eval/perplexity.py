@@ -223,12 +223,19 @@ def evaluate_documents(
         raise UserError(f"{label}: stride {stride} must be between 1 and the model's window ({window})")
     rows = document_rows(docs, window, stride)
     totals, counts = score_rows(model, rows, len(docs), batch_size, progress=label if progress else None)
-    nats, n_tokens = -float(totals.sum()), int(counts.sum())
-    loss = nats / n_tokens
     known_bytes = all(d.n_bytes is not None for d in docs)
     n_bytes = sum(d.n_bytes for d in docs) if known_bytes else None
+    return perplexity_from_totals(label, -float(totals.sum()), int(counts.sum()), n_bytes, len(docs))
+
+
+def perplexity_from_totals(label: str, nats: float, n_tokens: int, n_bytes: int | None,
+                           n_documents: int) -> PerplexityResult:
+    """Loss, perplexity and bits-per-byte from summed negative log-likelihood (nats): the one
+    definition of these metrics, for `olmolab eval` and the trainer's validation alike."""
+    loss = nats / max(n_tokens, 1)
+    perplexity = math.exp(loss) if loss < 700 else math.inf  # exp overflows a float past ~709
     bpb = nats / (math.log(2) * n_bytes) if n_bytes else None
-    return PerplexityResult(label, loss, math.exp(loss), bpb, n_tokens, n_bytes, len(docs))
+    return PerplexityResult(label, loss, perplexity, bpb, n_tokens, n_bytes, n_documents)
 
 
 def load_documents(

@@ -27,10 +27,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from tqdm import tqdm
 
 from olmolab.model.transformer import Transformer
+from olmolab.train import distributed as dist_utils
 
 # Cap on the scored logits of one batch (targets x vocab, fp32: 512 MiB), so OLMo 2's 100k vocabulary
 # with many scored tokens still fits; otherwise the batch size (rows) is the limit.
@@ -150,7 +150,7 @@ def score_rows(
     """
     totals, counts = np.zeros(n_keys), np.zeros(n_keys, dtype=np.int64)
     device, vocab = model_device(model), model_vocab(model)
-    rank, world = process_group_position()
+    rank, world = dist_utils.rank(), dist_utils.world_size()
     every = list(batches(rows, batch_size, vocab))
     mine = every[rank::world]
     n_calls = -(-len(every) // world)
@@ -165,13 +165,6 @@ def score_rows(
     bar.close()
     if world > 1:
         summed = torch.from_numpy(np.stack([totals, counts.astype(np.float64)])).to(device)
-        dist.all_reduce(summed)
+        dist_utils.all_reduce_sum(summed)
         totals, counts = summed[0].cpu().numpy(), summed[1].cpu().numpy().astype(np.int64)
     return totals, counts
-
-
-def process_group_position() -> tuple[int, int]:
-    """(rank, world size) in the torch.distributed group this process belongs to, else (0, 1)."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1

@@ -35,9 +35,12 @@ from olmolab.config import RunConfig
 from olmolab.data.loader import validation_batches
 from olmolab.data.shards import check_vocab_fits
 from olmolab.errors import UserError
+from olmolab.eval import build_evaluators
+from olmolab.eval.perplexity import perplexity_from_totals
 from olmolab.model import ModelConfig, Transformer
 from olmolab.model.loss import IGNORE_INDEX
 from olmolab.revisions import Revision, latest_revision, list_revisions
+from olmolab.tokenizer import Tokenizer
 from olmolab.train import checkpoint as ckpt
 from olmolab.train import distributed as dist_utils
 from olmolab.train.metrics import MetricSinks, SpikeDetector, Throughput, peak_flops, read_metrics
@@ -203,8 +206,6 @@ class Trainer:
     def _build_evaluators(self) -> list:
         if self.config.eval is None:
             return []
-        from olmolab.eval import build_evaluators
-
         if self.tokenizer is None:
             raise UserError("eval: in-loop downstream evaluation needs trainer.tokenizer (a tokenizer.json)")
         return build_evaluators(self.config.eval, self.tokenizer)
@@ -212,8 +213,6 @@ class Trainer:
     def _load_tokenizer(self):
         if not self.config.trainer.tokenizer:
             return None
-        from olmolab.tokenizer import Tokenizer
-
         return Tokenizer.from_file(self.config.trainer.tokenizer)
 
     def _autocast(self):
@@ -382,11 +381,8 @@ class Trainer:
         dist_utils.all_reduce_sum(loss_sum)
         dist_utils.all_reduce_sum(counts)
         tokens, n_bytes = counts.tolist()
-        loss = loss_sum.item() / max(tokens, 1)
-        metrics = {"eval/validation/CrossEntropyLoss": loss, "eval/validation/Perplexity": math.exp(min(loss, 50))}
-        if n_bytes:
-            metrics["eval/validation/BitsPerByte"] = loss_sum.item() / n_bytes / math.log(2)
-        return metrics
+        return perplexity_from_totals("validation", loss_sum.item(), int(tokens), int(n_bytes) or None,
+                                      n_documents=0).metrics()
 
     def _target_bytes(self, labels: torch.Tensor) -> int:
         if self.tokenizer is None:
