@@ -2,9 +2,9 @@
 
 import pytest
 
+from olmolab.cli.train import split_overrides
 from olmolab.config import RunConfig, load_run_config
 from olmolab.errors import UserError
-from olmolab.train.cli import split_overrides
 from tests.conftest import REPO_ROOT
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from olmolab.allocator import keep_freed_memory
-from olmolab.cli import add_command
+from olmolab.cli.common import add_command
 from olmolab.errors import UserError
 from olmolab.eval.downstream import TaskResult, evaluate_task
 from olmolab.eval.gen_eval import GenSpec, evaluate_generative

@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from olmolab.cli import add_command
+from olmolab.cli.common import add_command
 from olmolab.errors import UserError
 
 TRAIN_EPILOG = """\

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from olmolab.cli import add_command, add_command_group
+from olmolab.cli.common import add_command, add_command_group
 from olmolab.data.documents import TXT_SPLITS, expand_inputs, iter_documents
 from olmolab.tokenizer import Tokenizer, train_bpe
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from olmolab.cli import add_command
+from olmolab.cli.common import add_command
 from olmolab.errors import UserError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

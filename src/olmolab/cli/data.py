@@ -8,7 +8,7 @@ import re
 from dataclasses import asdict
 from pathlib import Path
 
-from olmolab.cli import add_command, add_command_group
+from olmolab.cli.common import add_command, add_command_group
 from olmolab.data.documents import TXT_SPLITS
 from olmolab.data.provenance import InstanceDocuments, documents_at_step, read_run, steps_with_document
 from olmolab.data.shards import TOKEN_DTYPES, describe_token_file, open_token_files
