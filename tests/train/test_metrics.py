@@ -25,3 +25,16 @@ def test_mfu_is_achieved_flops_over_peak_times_devices():
     report = throughput.report()
     assert report["tokens_per_s"] == pytest.approx(1000)
     assert report["mfu"] == pytest.approx(1000 * 1e9 / 2e12)
+
+
+def test_plot_gives_each_evaluation_metric_its_own_axis():
+    pytest.importorskip("matplotlib")
+    from olmolab.train.curves import curves_figure
+
+    rows = [{"step": s, "loss": 8.0 - s, "lr": 1e-3, "grad_norm": 1.0} for s in (1, 2)]
+    rows += [{"step": 2, "eval/wiki/Perplexity": 2000.0, "eval/wiki/BitsPerByte": 3.8, "eval/downstream/piqa_acc": None}]
+    axes = {ax.get_title(): ax for ax in curves_figure(rows).axes if ax.get_visible()}
+    assert set(axes) == {"training loss", "learning rate", "grad norm", "wiki/Perplexity", "wiki/BitsPerByte"}
+    assert all(len(ax.get_lines()) == 1 for ax in axes.values())
+    low, high = axes["wiki/BitsPerByte"].get_ylim()
+    assert low < 3.8 < high < 10  # not flattened by the perplexity's scale
