@@ -37,6 +37,7 @@ from olmolab.model import Transformer
 from olmolab.model.loss import IGNORE_INDEX
 from olmolab.train import checkpoint as ckpt
 from olmolab.train import distributed as dist_utils
+from olmolab.train.energy import EnergyMeter
 from olmolab.train.metrics import MetricSinks, SpikeDetector, Throughput, peak_flops, read_metrics
 from olmolab.train.optim import build_optimizer, lr_at
 
@@ -179,10 +180,12 @@ class Trainer:
                    unit="step", dynamic_ncols=True)
         batches = iter(self.loader)
         last_row: dict = {}
+        self.energy = EnergyMeter(self.run_dir, self.device, tc.watts_per_core)
         self.throughput.resume()
         try:
             while self.state.step < self.max_steps:
                 row = self.train_step(next(batches))
+                self.energy.sample()
                 self.state.step += 1
                 self.state.tokens += self.tokens_per_step
                 bar.update(1)
@@ -196,6 +199,7 @@ class Trainer:
             if not tc.save_interval or self.state.step % tc.save_interval:
                 self._save()
             last_row |= self._evaluate()
+            self.energy.record(self.state.step)
         finally:
             bar.close()
             self.sinks.close()
@@ -322,6 +326,7 @@ class Trainer:
         ckpt.save_checkpoint(self.run_dir, model=self.model, optimizer=self.optimizer, train_state=train_state,
                              run_config=self.config.to_dict(), tokenizer_path=tc.tokenizer)
         ckpt.prune(self.run_dir, tc.keep_last, tc.permanent_interval)
+        self.energy.record(self.state.step)
         self.throughput.resume()
 
 
