@@ -51,6 +51,16 @@ def register(subparsers) -> None:
     plot.add_argument("--out", help="PNG path (default RUN_DIR/curves.png)")
     plot.set_defaults(handler=_plot)
 
+    report = add_command(
+        subparsers, "report", "write a run's report: config, data, curves, evals, energy and CO2",
+        "Write RUN_DIR/report.md and RUN_DIR/report.html (figures embedded): the resolved config, the data\n"
+        "(sources, tokens, epochs, order), curves and evaluations, revisions, skipped steps and loss spikes,\n"
+        "throughput and MFU, time, and energy and emissions in the model card's columns.",
+        "example:\n  olmolab report runs/quickstart",
+    )
+    report.add_argument("run_dir")
+    report.set_defaults(handler=_report)
+
 
 def split_overrides(items: list[str]) -> list[str]:
     """CLI remainder -> `section.key=value` overrides; the two trainer flags become overrides too."""
@@ -136,4 +146,15 @@ def _plot(args) -> int:
     out = Path(args.out or Path(args.run_dir) / "curves.png")
     fig.savefig(out, dpi=100)
     print(f"wrote {out}")
+    return 0
+
+
+def _report(args) -> int:
+    try:
+        from olmolab.train.report import write_report
+
+        md, page = write_report(args.run_dir)
+    except ImportError as e:
+        raise UserError("the report's figures need matplotlib: pip install 'olmolab[plot]'") from e
+    print(f"wrote {md} and {page}")
     return 0
