@@ -127,6 +127,7 @@ def data_section(run: Run) -> Section:
     sources = config.sources or []
     names = [s.name for s in sources] or ["(paths)"]
     weights = [s.weight for s in sources] if sources and sources[0].weight is not None else None
+    shown_weights = [_fmt(w) for w in weights] if weights else ["whole"] * len(names)
     paths = [s.paths for s in sources] or [config.paths]
     blocks: list[Block] = []
     try:
@@ -139,9 +140,9 @@ def data_section(run: Run) -> Section:
         sizes = dataset.source_sizes
         epoch = mixture_counts(sizes, weights)
         blocks.append(Table(
-            ["source", "paths", "weight", "tokens", f"instances of {config.seq_len}", "instances an epoch"],
-            [[n, ", ".join(p), _fmt(w) if weights else "whole", f"{s * config.seq_len:,}", f"{s:,}", f"{e:,}"]
-             for n, p, w, s, e in zip(names, paths, weights or names, sizes, epoch, strict=True)],
+            ["source", "paths", "weight", "tokens in whole instances", f"instances of {config.seq_len}", "instances an epoch"],
+            [[n, ", ".join(p), w, f"{s * config.seq_len:,}", f"{s:,}", f"{e:,}"]
+             for n, p, w, s, e in zip(names, paths, shown_weights, sizes, epoch, strict=True)],
         ))
         epochs = tokens_trained / (sum(epoch) * config.seq_len)
         blocks.append(Text(f"Trained on {tokens_trained:,} tokens: {epochs:.2f} epochs of this mixture"
