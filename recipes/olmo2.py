@@ -206,6 +206,30 @@ def footprint_table(footprints: dict[str, dict], carbon_intensity: float) -> str
     return "\n".join(lines)
 
 
+def train_stages(out: Path, scale: Scale, docs: Path, wiki: Path, held_out: Path) -> tuple[Path, dict[str, Path]]:
+    """Stage 1, the three anneals and the soup; (stage 1's config, each model's checkpoint)."""
+    stage1 = stage1_config(out, scale, docs, held_out)
+    stage1_path = write_config(out, "stage1", stage1)
+    run(["train", str(stage1_path)])
+    stage1_end, start_lr = latest_revision(out / "stage1").path, final_lr(stage1_path)
+    models = {"stage 1": stage1_end}
+    for seed in ANNEAL_SEEDS:
+        config = stage2_config(stage1, out, scale, seed, stage1_end, start_lr, wiki)
+        run(["train", str(write_config(out, f"stage2-seed{seed}", config))])
+        models[f"stage 2, seed {seed}"] = latest_revision(config["trainer"]["run_dir"]).path
+    run(["soup", *(str(models[f"stage 2, seed {seed}"]) for seed in ANNEAL_SEEDS), "--out", str(out / "soup")])
+    return stage1_path, models | {"soup": out / "soup"}
+
+
+def footprints(out: Path, intensity: float) -> dict[str, dict]:
+    """Each model's footprint: stage 1's run, plus its anneal for an ingredient, plus all three for the soup."""
+    stage1, anneals = out / "stage1", [out / f"stage2-seed{seed}" for seed in ANNEAL_SEEDS]
+    found = {"stage 1": footprint([stage1], intensity)}
+    found |= {f"stage 2, seed {seed}": footprint([stage1, run_dir], intensity)
+              for seed, run_dir in zip(ANNEAL_SEEDS, anneals, strict=True)}
+    return found | {"soup": footprint([stage1, *anneals], intensity)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", choices=sorted(SCALES), default="cpu")
@@ -218,32 +242,16 @@ def main(argv: list[str] | None = None) -> int:
     docs = excerpt(corpora / "python-docs" / "python-3.11-docs.jsonl.gz", out / "corpora", scale.corpus_chars)
     wiki = excerpt(corpora / "wikitext-2" / "valid.txt", out / "corpora", scale.corpus_chars)
     held_out = excerpt(corpora / HELD_OUT, out / "corpora", scale.corpus_chars)
-
-    stage1 = stage1_config(out, scale, docs, held_out)
-    stage1_path = write_config(out, "stage1", stage1)
-    run(["train", str(stage1_path)])
-    stage1_end, start_lr = latest_revision(out / "stage1").path, final_lr(stage1_path)
-    ingredients = []
-    for seed in ANNEAL_SEEDS:
-        config = stage2_config(stage1, out, scale, seed, stage1_end, start_lr, wiki)
-        run(["train", str(write_config(out, f"stage2-seed{seed}", config))])
-        ingredients.append(latest_revision(config["trainer"]["run_dir"]).path)
-    run(["soup", *map(str, ingredients), "--out", str(out / "soup")])
-
-    models = {"stage 1": stage1_end} | {f"stage 2, seed {s}": p for s, p in zip(ANNEAL_SEEDS, ingredients, strict=True)}
-    models["soup"] = out / "soup"
+    stage1_path, models = train_stages(out, scale, docs, wiki, held_out)
     scores = {name: evaluate(path, out, name.replace(",", "").replace(" ", "-"), scale, held_out)
               for name, path in models.items()}
-    runs = [out / "stage1", *(Path(p).parent for p in ingredients)]
-    for run_dir in runs:
-        run(["report", str(run_dir)])
+    for run_dir in ["stage1", *(f"stage2-seed{seed}" for seed in ANNEAL_SEEDS)]:
+        run(["report", str(out / run_dir)])
     intensity = load_run_config(stage1_path).trainer.carbon_intensity
-    footprints = {"stage 1": footprint(runs[:1], intensity)}
-    footprints |= {f"stage 2, seed {s}": footprint([runs[0], r], intensity) for s, r in zip(ANNEAL_SEEDS, runs[1:], strict=True)}
-    footprints["soup"] = footprint(runs, intensity)
-    report = table(scores) + "\n\n" + footprint_table(footprints, intensity)
+    costs = footprints(out, intensity)
+    report = table(scores) + "\n\n" + footprint_table(costs, intensity)
     (out / "results.md").write_text(report + "\n")
-    (out / "results.json").write_text(json.dumps({"scores": scores, "footprints": footprints}, indent=2) + "\n")
+    (out / "results.json").write_text(json.dumps({"scores": scores, "footprints": costs}, indent=2) + "\n")
     print(f"\n{report}\n\nthe OLMo 2 recipe at {args.scale} scale: {time.perf_counter() - started:.0f} s; "
           f"table in {out / 'results.md'}")
     return 0
