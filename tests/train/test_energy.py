@@ -90,3 +90,14 @@ def test_resumed_sessions_add_up_and_a_torn_last_line_is_skipped(tmp_path):
     energy = read_energy(tmp_path)
     assert energy.kwh == pytest.approx(2.0) and energy.wall_s == 25 and energy.sessions == 2
     assert energy.emissions_kg(0.5) == pytest.approx(1.0)
+
+
+@pytest.mark.slow
+def test_under_torchrun_the_ranks_energy_is_summed_into_one_row(tiny_run, tmp_path):
+    from .test_distributed import torchrun
+
+    path, _ = tiny_run(max_steps=2, save_interval=2, distributed="ddp")
+    torchrun(path)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "energy.jsonl").read_text().splitlines()]
+    assert [r["ranks"] for r in rows] == [2, 2]  # rank 0 alone writes, after the all-reduce
+    assert "x 2 processes" in rows[-1]["hardware"] and rows[-1]["joules"] > 0
