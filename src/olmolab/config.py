@@ -23,6 +23,7 @@ from olmolab.data.config import DataConfig
 from olmolab.errors import UserError
 from olmolab.eval import EvalConfig
 from olmolab.model import ModelConfig
+from olmolab.train.energy import EPYC_9654_WATTS_PER_CORE, MODEL_CARD_CARBON_INTENSITY
 from olmolab.train.optim import OptimConfig, SchedulerConfig
 from olmolab.train.prepare import PrepareConfig
 
@@ -82,6 +83,10 @@ class TrainerConfig:
     tokenizer: str | None = None
     """tokenizer.json saved with checkpoints and used for bits-per-byte."""
     progress: bool = True
+    watts_per_core: float = EPYC_9654_WATTS_PER_CORE
+    """Power per busy CPU core for the energy estimate where no counter can be read (train/energy.py)."""
+    carbon_intensity: float = MODEL_CARD_CARBON_INTENSITY
+    """kg CO2e per kWh of the grid the run used; the default is the OLMo 7B model card's."""
     wandb_project: str | None = None
     tensorboard: bool = False
 
@@ -107,6 +112,9 @@ class TrainerConfig:
             raise UserError(f"trainer.distributed={self.distributed!r}: expected auto, ddp or fsdp")
         if self.reset_trainer_state and not self.load_path:
             raise UserError("trainer.reset_trainer_state needs trainer.load_path (the checkpoint to start from)")
+        for key in ("watts_per_core", "carbon_intensity"):
+            if getattr(self, key) < 0:
+                raise UserError(f"trainer.{key}={getattr(self, key)}: must be 0 or more")
         if self.z_loss_multiplier < 0:
             raise UserError(f"trainer.z_loss_multiplier={self.z_loss_multiplier}: must be 0 (off) or more (OLMo 2: 1e-5)")
 

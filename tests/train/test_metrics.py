@@ -92,3 +92,14 @@ def test_resume_repairs_a_torn_metrics_file(tiny_run, tmp_path):
     Trainer(load_run_config(path, ["trainer.max_steps=4"])).fit()
     rows = [_strict_json(line) for line in metrics.read_text().splitlines()]
     assert [row["step"] for row in rows if "loss" in row] == [1, 2, 3, 4]
+def test_plot_gives_each_evaluation_metric_its_own_axis():
+    pytest.importorskip("matplotlib")
+    from olmolab.train.curves import curves_figure
+
+    rows = [{"step": s, "loss": 8.0 - s, "lr": 1e-3, "grad_norm": 1.0} for s in (1, 2)]
+    rows += [{"step": 2, "eval/wiki/Perplexity": 2000.0, "eval/wiki/BitsPerByte": 3.8, "eval/downstream/piqa_acc": None}]
+    axes = {ax.get_title(): ax for ax in curves_figure(rows).axes if ax.get_visible()}
+    assert set(axes) == {"training loss", "learning rate", "grad norm", "wiki/Perplexity", "wiki/BitsPerByte"}
+    assert all(len(ax.get_lines()) == 1 for ax in axes.values())
+    low, high = axes["wiki/BitsPerByte"].get_ylim()
+    assert low < 3.8 < high < 10  # not flattened by the perplexity's scale

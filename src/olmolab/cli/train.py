@@ -43,12 +43,23 @@ def register(subparsers) -> None:
 
     plot = add_command(
         subparsers, "plot", "draw a run's loss, LR and validation curves to a PNG",
-        "Plot metrics.jsonl of a run: training loss, learning rate, grad norm, validation metrics.",
+        "Plot metrics.jsonl of a run: training loss, learning rate, grad norm, and each validation or\n"
+        "downstream metric on its own axis.",
         "example:\n  olmolab plot runs/quickstart --out curves.png",
     )
     plot.add_argument("run_dir")
     plot.add_argument("--out", help="PNG path (default RUN_DIR/curves.png)")
     plot.set_defaults(handler=_plot)
+
+    report = add_command(
+        subparsers, "report", "write a run's report: config, data, curves, evals, energy and CO2",
+        "Write RUN_DIR/report.md and RUN_DIR/report.html (figures embedded): the resolved config, the data\n"
+        "(sources, tokens, epochs, order), curves and evaluations, revisions, skipped steps and loss spikes,\n"
+        "throughput and MFU, time, and energy and emissions in the model card's columns.",
+        "example:\n  olmolab report runs/quickstart",
+    )
+    report.add_argument("run_dir")
+    report.set_defaults(handler=_report)
 
 
 def split_overrides(items: list[str]) -> list[str]:
@@ -131,30 +142,23 @@ def _plot(args) -> int:
     if not rows:
         raise UserError(f"{args.run_dir}: no metrics.jsonl to plot (has the run logged a step yet?)")
     try:
-        import matplotlib
+        from olmolab.train.curves import curves_figure
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        fig = curves_figure(rows)
     except ImportError as e:
         raise UserError("plotting needs matplotlib: pip install 'olmolab[plot]'") from e
-    train_rows = [r for r in rows if "loss" in r]
-    eval_keys = sorted({k for r in rows for k in r if k.startswith("eval/")})
-    panels = [("loss", "training loss"), ("lr", "learning rate"), ("grad_norm", "grad norm")]
-    fig, axes = plt.subplots(1, len(panels) + bool(eval_keys), figsize=(5 * (len(panels) + bool(eval_keys)), 4))
-    for ax, (key, title) in zip(axes, panels, strict=False):
-        ax.plot([r["step"] for r in train_rows], [r[key] for r in train_rows])
-        ax.set_title(title)
-        ax.set_xlabel("step")
-    if eval_keys:
-        ax = axes[-1]
-        for key in eval_keys:
-            points = [(r["step"], r[key]) for r in rows if key in r]
-            ax.plot(*zip(*points, strict=True), marker="o", label=key.removeprefix("eval/"))
-        ax.set_title("evaluation")
-        ax.set_xlabel("step")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
     out = Path(args.out or Path(args.run_dir) / "curves.png")
     fig.savefig(out, dpi=100)
     print(f"wrote {out}")
+    return 0
+
+
+def _report(args) -> int:
+    try:
+        from olmolab.train.report import write_report
+
+        md, page = write_report(args.run_dir)
+    except ImportError as e:
+        raise UserError("the report's figures need matplotlib: pip install 'olmolab[plot]'") from e
+    print(f"wrote {md} and {page}")
     return 0

@@ -43,6 +43,7 @@ from olmolab.revisions import Revision, latest_revision, list_revisions
 from olmolab.tokenizer import Tokenizer
 from olmolab.train import checkpoint as ckpt
 from olmolab.train import distributed as dist_utils
+from olmolab.train.energy import EnergyMeter
 from olmolab.train.metrics import MetricSinks, SpikeDetector, Throughput, peak_flops, read_metrics
 from olmolab.train.optim import build_optimizer, lr_at
 from olmolab.train.run_lock import RunLock
@@ -231,11 +232,13 @@ class Trainer:
                    unit="step", dynamic_ncols=True)
         batches = iter(self.loader)
         last_row: dict = {}
+        self.energy = EnergyMeter(self.run_dir, self.device, tc.watts_per_core)
         self.throughput.resume()
         try:
             while self.state.step < self.max_steps:
                 row = self.train_step(next(batches))
                 self._stop_if_diverged(row)
+                self.energy.sample()
                 self.state.step += 1
                 self.state.tokens += self.tokens_per_step
                 bar.update(1)
@@ -249,6 +252,7 @@ class Trainer:
             if not tc.save_interval or self.state.step % tc.save_interval:
                 self._save()
             last_row |= self._evaluate()
+            self.energy.record(self.state.step)
         finally:
             bar.close()
             self.sinks.close()
@@ -400,6 +404,7 @@ class Trainer:
         ckpt.save_checkpoint(self.run_dir, model=self.model, optimizer=self.optimizer, train_state=train_state,
                              run_config=self.config.to_dict(), tokenizer_path=tc.tokenizer)
         ckpt.prune(self.run_dir, tc.keep_last, tc.permanent_interval)
+        self.energy.record(self.state.step)
         self.throughput.resume()
 
 
