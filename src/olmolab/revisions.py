@@ -44,7 +44,8 @@ def list_revisions(directory: str | Path, marker: str = "train_state.json") -> l
     found = [
         Revision(int(m.group(1)), child)
         for child in directory.iterdir()
-        if (m := REVISION.match(child.name)) and (child / marker).exists()
+        if not child.name.startswith(".")  # a revision being written (.tmp-) or deleted (.trash-)
+        and (m := REVISION.match(child.name)) and (child / marker).exists()
     ]
     return sorted(found, key=lambda r: r.step)
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -70,6 +71,8 @@ def test_a_half_written_revision_is_not_a_revision(tiny_run, tmp_path):
     Trainer(load_run_config(path)).fit()
     run_dir = tmp_path / "run"
     (run_dir / ".tmp-step4-tokens512").mkdir()
+    (run_dir / ".tmp-step4-tokens512" / "train_state.json").write_text("{}")  # written last, then renamed
+    shutil.copytree(run_dir / "step2-tokens256", run_dir / ".trash-step8-tokens1K")  # being pruned
     (run_dir / "step6-tokens768").mkdir()  # a crash before train_state.json was written
     assert [r.step for r in list_revisions(run_dir)] == [2]
 
