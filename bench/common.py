@@ -9,6 +9,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -20,6 +21,14 @@ BENCH_MODEL = ModelConfig.preset(
     mlp_hidden_size=1024, vocab_size=16384, embedding_size=16384, max_seq_len=512,
 )
 BENCH_SEQ_LEN, BENCH_BATCH = 512, 8
+
+
+def bench_tokenizer(shared: Path):
+    """The benchmarks' BPE: BENCH_MODEL's vocabulary, trained on two of the shared corpora."""
+    from olmolab.tokenizer import train_bpe
+
+    corpora = [shared / "corpora/wikitext-2/valid.txt", shared / "corpora/tinyshakespeare/input.txt"]
+    return train_bpe([p.read_text() for p in corpora], BENCH_MODEL.vocab_size)
 
 
 def setup(threads: int = 2, seed: int = 0) -> None:

@@ -27,12 +27,11 @@ import numpy as np
 import torch
 
 sys.path.append(str(Path(__file__).parent))
-from common import BENCH_MODEL, setup
+from common import BENCH_MODEL, bench_tokenizer, setup
 
 from olmolab import Transformer
 from olmolab.eval.downstream import all_requests, fit_window, loglikelihoods, tokenize_requests
 from olmolab.eval.tasks import TaskSpec, build_examples
-from olmolab.tokenizer import train_bpe
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -93,8 +92,7 @@ def main() -> None:
     if not (SHARED / "eval" / "hf" / "piqa").exists():
         sys.exit(f"shared data not found at {SHARED}; this benchmark reads PIQA and the corpora from there")
     setup(args.threads)
-    corpora = [SHARED / "corpora/wikitext-2/valid.txt", SHARED / "corpora/tinyshakespeare/input.txt"]
-    tokenizer = train_bpe([p.read_text() for p in corpora], BENCH_MODEL.vocab_size)
+    tokenizer = bench_tokenizer(SHARED)
     model = Transformer(BENCH_MODEL).eval()
     print(
         f"bench model {BENCH_MODEL.name}: {model.num_params() / 1e6:.1f}M params, fp32, "

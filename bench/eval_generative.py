@@ -30,14 +30,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import BENCH_MODEL, setup
+from common import BENCH_MODEL, bench_tokenizer, setup
 
 from olmolab import Transformer
 from olmolab.convert import hf
 from olmolab.eval.gen_eval import GenSpec, encode_prompts, evaluate_generative
 from olmolab.eval.gen_metrics import METRICS
 from olmolab.eval.generative import GEN_TASKS, build_gen_examples
-from olmolab.tokenizer import train_bpe
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 TARGET = 3.0
@@ -75,8 +74,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
     setup(args.threads)
-    corpora = [SHARED / "corpora/wikitext-2/valid.txt", SHARED / "corpora/tinyshakespeare/input.txt"]
-    tokenizer = train_bpe([p.read_text() for p in corpora], BENCH_MODEL.vocab_size)
+    tokenizer = bench_tokenizer(SHARED)
     model = Transformer(BENCH_MODEL).eval()
     with tempfile.TemporaryDirectory() as tmp:
         hf_model = AutoModelForCausalLM.from_pretrained(hf.export(model, tmp)).eval()
