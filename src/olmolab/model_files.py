@@ -15,17 +15,18 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from olmolab.convert import hf
 from olmolab.errors import UserError
 from olmolab.files import write_safetensors
 from olmolab.model import ModelConfig, Transformer
-from olmolab.revisions import latest_revision
+from olmolab.revisions import list_revisions
 from olmolab.tokenizer import Tokenizer
 
 
@@ -63,10 +64,26 @@ def resolve_model_dir(path: str | Path) -> Path:
         raise UserError(f"{path}: is a file; pass the directory that holds config.json and the weights")
     if (path / "config.json").exists() and _has_weights(path):
         return path
-    latest = latest_revision(path, marker="config.json")
-    if latest is not None:
-        return latest.path
-    raise UserError(f"{path}: no config.json with weights here, and no stepN-tokensM revision inside")
+    for revision in reversed(list_revisions(path, marker="config.json")):
+        problem = _weights_problem(revision.path)
+        if problem is None:
+            return revision.path
+        print(f"olmolab: skipping damaged revision {revision.path}: {problem}", file=sys.stderr)
+    raise UserError(f"{path}: no config.json with readable weights here, and no intact stepN-tokensM "
+                    f"revision inside")
+
+
+def _weights_problem(path: Path) -> str | None:
+    """Why a revision's weights cannot be loaded (a cheap check: files and the safetensors header)."""
+    if not _has_weights(path):
+        return "no weights file"
+    try:
+        if (path / "model.safetensors").exists():
+            with safe_open(str(path / "model.safetensors"), framework="pt"):
+                pass
+    except (SafetensorError, OSError) as e:
+        return f"model.safetensors is not readable ({e})"
+    return None
 
 
 def _has_weights(path: Path) -> bool:

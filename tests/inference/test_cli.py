@@ -187,3 +187,15 @@ def test_generate_says_when_the_context_window_will_cut_the_completion(tmp_path,
     assert f"in the model's 16-token context window (prompt 1: room for {room} new tokens)" in err
     code, _, err = run_cli(capsys, "generate", ckpt, "--prompt", prompt, "--max-new-tokens", room)
     assert code == 0 and "context window" not in err
+
+
+def test_generate_from_a_run_skips_a_revision_whose_weights_are_damaged(tmp_path, make_model, tokenizer, capsys):
+    run = tmp_path / "run"
+    save_model(make_model(seed=1), run / "step2-tokens256", tokenizer=tokenizer)
+    save_model(make_model(seed=2), run / "step4-tokens512", tokenizer=tokenizer)
+    (run / "step4-tokens512" / "model.safetensors").write_bytes(b"cut off")
+    model, _ = olmolab.load(run)
+    intact, _ = olmolab.load(run / "step2-tokens256")
+    assert torch.equal(model.lm_head.weight, intact.lm_head.weight)
+    assert f"skipping damaged revision {run / 'step4-tokens512'}: model.safetensors is not readable" in \
+        capsys.readouterr().err
