@@ -58,15 +58,17 @@ def test_ranks_of_a_process_group_score_disjoint_batches_that_add_up(model, monk
     """Each rank scores every world-th batch (plus a spare call FSDP's lockstep needs); the
     all-reduce of their sums is the one-process result."""
     from olmolab.eval import scoring
+    from olmolab.train import distributed as dist_utils
 
     pairs = random_pairs(0, 12, shared_context=True) + random_pairs(1, 12, shared_context=False)
     alone = loglikelihoods(model, pairs, batch_size=3)
     shards, calls = [], []
-    monkeypatch.setattr(scoring.dist, "all_reduce", lambda tensor: None)  # each shard kept apart here
+    monkeypatch.setattr(dist_utils, "all_reduce_sum", lambda tensor: tensor)  # each shard kept apart here
     real_target_logprobs = scoring.target_logprobs
     monkeypatch.setattr(scoring, "target_logprobs", lambda *a: calls.append(a[1]) or real_target_logprobs(*a))
+    monkeypatch.setattr(dist_utils, "world_size", lambda: 2)
     for rank in (0, 1):
-        monkeypatch.setattr(scoring, "process_group_position", lambda rank=rank: (rank, 2))
+        monkeypatch.setattr(dist_utils, "rank", lambda rank=rank: rank)
         shards.append(loglikelihoods(model, pairs, batch_size=3))
     np.testing.assert_allclose(shards[0][0] + shards[1][0], alone[0], rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(shards[0][1] + shards[1][1], alone[1])
