@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "olmolab.tokenizer_cli",
     "olmolab.data.cli",
     "olmolab.train.cli",
+    "olmolab.posttrain.cli",
     "olmolab.eval.cli",
     "olmolab.inference_cli",
 ]

@@ -165,15 +165,18 @@ class Tokenizer:
         return self.encode_chat_with_mask(messages, add_generation_prompt=add_generation_prompt)[0]
 
     def encode_chat_with_mask(
-        self, messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool = False
+        self, messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool = False,
+        last_turn_only: bool = False,
     ) -> tuple[list[int], list[bool]]:
-        """Ids of a conversation and, per token, whether it belongs to an assistant turn's trained span.
+        """Ids of a conversation and, per token, whether it belongs to an assistant turn's trained
+        span (only the last turn's with `last_turn_only`, what DPO scores).
 
         The rendered string is tokenized whole (tokenizing turn by turn could merge differently at
         the seams); a token is trained when its first character lies inside a span.
         """
-        text, spans = render_chat(messages, bos=self.chat_bos_token, eos=self.id_to_token(self.require_eos()),
-                                  add_generation_prompt=add_generation_prompt)
+        text, spans = self.render_chat(messages, add_generation_prompt=add_generation_prompt)
+        if last_turn_only:
+            spans = spans[-1:]
         encoding = self.hf.encode(text, add_special_tokens=False)
         starts = [start for start, _ in encoding.offsets]
         trained = [False] * len(starts)
@@ -182,6 +185,13 @@ class Tokenizer:
             for i in range(first, bisect.bisect_left(starts, span_end)):
                 trained[i] = True
         return encoding.ids, trained
+
+    def render_chat(
+        self, messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool = False
+    ) -> tuple[str, list[tuple[int, int]]]:
+        """`render_chat` with this tokenizer's BOS and EOS: the text, and the trained spans."""
+        return render_chat(messages, bos=self.chat_bos_token, eos=self.id_to_token(self.require_eos()),
+                           add_generation_prompt=add_generation_prompt)
 
     @property
     def chat_bos_token(self) -> str:
