@@ -120,3 +120,17 @@ def test_sft_run_writes_revisions_metrics_and_data_stats(sft_config, tmp_path):
     rows = [r for r in read_metrics(run) if "loss" in r]
     assert [r["step"] for r in rows] == [1, 2, 3, 4] and rows[-1]["loss"] < rows[0]["loss"]
     assert (run / "data_stats.json").exists()
+
+
+@pytest.mark.parametrize("size, sft_lr, sft_batch, dpo_lr", [
+    ("1b", 3e-5, 128, 2.5e-6), ("7b", 2e-5, 128, 1e-6), ("13b", 5e-6, 64, 8e-7),
+])
+def test_official_post_training_recipes_carry_the_published_hyperparameters(size, sft_lr, sft_batch, dpo_lr):
+    from tests.conftest import REPO_ROOT
+
+    sft = load_post_train_config("sft", REPO_ROOT / f"configs/official/olmo2-{size}-sft.yaml")
+    assert (sft.optim.lr, sft.trainer.global_batch_size, sft.data.epochs, sft.data.max_seq_len) == (sft_lr, sft_batch, 2, 4096)
+    assert (sft.data.reduction, sft.data.warmup_ratio, sft.optim.weight_decay, sft.scheduler.name) == ("sum", 0.03, 0, "linear")
+    dpo = load_post_train_config("dpo", REPO_ROOT / f"configs/official/olmo2-{size}-dpo.yaml")
+    assert (dpo.optim.lr, dpo.trainer.global_batch_size, dpo.data.epochs, dpo.data.max_seq_len) == (dpo_lr, 128, 1, 2048)
+    assert (dpo.data.loss, dpo.data.beta, dpo.data.warmup_ratio, dpo.optim.weight_decay) == ("dpo_norm", 5, 0.1, 0)

@@ -188,7 +188,12 @@ def _model_of(load_path: str | None, source: str) -> ModelConfig:
 
 
 def _tokenizer_beside(load_path: str) -> str | None:
-    model_dir = io.resolve_model_dir(load_path)
+    """The tokenizer.json of the checkpoint to start from; None where there is none (yet: a
+    recipe names a checkpoint to be made, and the trainer says so when it starts)."""
+    try:
+        model_dir = io.resolve_model_dir(load_path)
+    except UserError:
+        return None
     for candidate in (model_dir / "tokenizer.json", Path(load_path) / "tokenizer.json"):
         if candidate.is_file():
             return str(candidate)
