@@ -230,14 +230,15 @@ def main() -> int:
     sft = stage("sft", post_train, "sft", out, base, sft_data(out, args),
                 {"epochs": 1, "reduction": "mean", "packing": True}, args.sft_steps, 1e-3, 16)
     pairs, sample_accuracy = stage("sample", on_policy_pairs, out, sft, args)
-    dpo = stage("dpo", post_train, "dpo", out, sft, pairs,
-                {"loss": "dpo_norm", "beta": 5.0, "epochs": 1}, args.dpo_steps, 2e-5, 16)
+    n_pairs = sum(1 for _ in pairs.open())
     table = {
         "base, 3-shot": stage("eval base", accuracy, base, test, False),
         "SFT": stage("eval sft", accuracy, sft, test, True),
-        "DPO": stage("eval dpo", accuracy, dpo, test, True),
     }
-    n_pairs = sum(1 for _ in pairs.open())
+    if n_pairs:  # none when the SFT model's samples are all right or all wrong
+        dpo = stage("dpo", post_train, "dpo", out, sft, pairs,
+                    {"loss": "dpo_norm", "beta": 5.0, "epochs": 1}, args.dpo_steps, 2e-5, 16)
+        table["DPO"] = stage("eval dpo", accuracy, dpo, test, True)
     print(f"\nheld-out accuracy on {len(test)} sorting problems never trained on (greedy):")
     print(f"  {'stage':14s} accuracy")
     for name, value in table.items():
