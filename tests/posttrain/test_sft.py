@@ -1,5 +1,6 @@
 """SFT: assistant-only labels, counted drops and truncation, bad rows, reductions, packing."""
 
+import json
 import random
 from collections import Counter
 
@@ -134,3 +135,14 @@ def test_official_post_training_recipes_carry_the_published_hyperparameters(size
     dpo = load_post_train_config("dpo", REPO_ROOT / f"configs/official/olmo2-{size}-dpo.yaml")
     assert (dpo.optim.lr, dpo.trainer.global_batch_size, dpo.data.epochs, dpo.data.max_seq_len) == (dpo_lr, 128, 1, 2048)
     assert (dpo.data.loss, dpo.data.beta, dpo.data.warmup_ratio, dpo.optim.weight_decay) == ("dpo_norm", 5, 0.1, 0)
+
+
+def test_olmolab_sft_stops_at_a_bad_row_naming_it_or_skips_and_counts_it_with_skip_bad(sft_config, tmp_path, capsys):
+    good = '{"messages": [{"role": "user", "content": "1 + 1?"}, {"role": "assistant", "content": "2"}]}'
+    data = write_jsonl(tmp_path / "bad.jsonl", [good] * 5 + ['{"messages": [{"role": "bot", "content": "2"}]}'])
+    path = sft_config(sft={"paths": [data]}, max_steps=1)
+    assert main(["sft", str(path)]) == 2
+    assert "bad.jsonl:6: messages[0]: unknown role 'bot'" in capsys.readouterr().err
+    assert main(["sft", str(path), "--skip-bad"]) == 0
+    stats = json.loads((tmp_path / "sft" / "data_stats.json").read_text())
+    assert (stats["rows"], stats["bad_rows"], stats["examples"]) == (6, 1, 5)
