@@ -3,8 +3,8 @@
     python recipes/posttrain_demo.py                   # everything under runs/posttrain-demo
     python recipes/posttrain_demo.py --out /tmp/demo   # elsewhere; a second run reuses finished stages
 
-The task is the project's own, generated from a seed: sort a list of numbers ("Sort from
-smallest to largest: 42 7 19 3" -> "3 7 19 42"); the verifier compares the numbers of the
+The task is the project's own, generated from a seed: sort a list of digits ("Sort from
+smallest to largest: 4 7 1 9 3" -> "1 3 4 7 9"); the verifier compares the numbers of the
 reply with the sorted list. A problem is held out by a hash of its numbers, so the problems
 scored at the end are never trained on, in any stage.
 
@@ -48,7 +48,7 @@ PYTHON_DOCS = REPO.parent / "shared" / "data" / "corpora" / "python-docs" / "pyt
 
 
 def problem(rng: random.Random) -> list[int]:
-    return [rng.randint(0, 99) for _ in range(rng.randint(3, 6))]
+    return [rng.randint(0, 9) for _ in range(rng.randint(3, 7))]
 
 
 def held_out(numbers: list[int]) -> bool:
@@ -82,7 +82,7 @@ def problems(seed: int, n: int, split: str) -> list[list[int]]:
 # ---------------------------------------------------------------------- scoring
 
 
-FEW_SHOT = [[31, 4, 77], [12, 90, 5, 58], [66, 3, 40, 8, 21]]
+FEW_SHOT = [[3, 0, 7], [2, 9, 5, 5], [6, 3, 4, 8, 1]]
 
 
 def few_shot_prompt(numbers: list[int]) -> str:
@@ -204,10 +204,10 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/posttrain-demo"))
     parser.add_argument("--docs-chars", type=int, default=600_000, help="Python-docs characters to pretrain on")
     parser.add_argument("--vocab-size", type=int, default=1024)
-    parser.add_argument("--pretrain-problems", type=int, default=4000)
-    parser.add_argument("--pretrain-steps", type=int, default=200)
+    parser.add_argument("--pretrain-problems", type=int, default=2000)
+    parser.add_argument("--pretrain-steps", type=int, default=150)
     parser.add_argument("--sft-problems", type=int, default=4000)
-    parser.add_argument("--sft-steps", type=int, default=200)
+    parser.add_argument("--sft-steps", type=int, default=150)
     parser.add_argument("--dpo-problems", type=int, default=256)
     parser.add_argument("--samples", type=int, default=4, help="SFT samples per DPO problem")
     parser.add_argument("--dpo-steps", type=int, default=40)
@@ -237,7 +237,7 @@ def main() -> int:
     }
     if n_pairs:  # none when the SFT model's samples are all right or all wrong
         dpo = stage("dpo", post_train, "dpo", out, sft, pairs,
-                    {"loss": "dpo_norm", "beta": 5.0, "epochs": 1}, args.dpo_steps, 2e-5, 16)
+                    {"loss": "dpo_norm", "beta": 5.0, "epochs": 1}, args.dpo_steps, 5e-5, 16)
         table["DPO"] = stage("eval dpo", accuracy, dpo, test, True)
     print(f"\nheld-out accuracy on {len(test)} sorting problems never trained on (greedy):")
     print(f"  {'stage':14s} accuracy")

@@ -79,9 +79,8 @@ def dpo_data(tmp_path):
     rng = random.Random(2)
     rows = []
     for _ in range(16):
-        prompt = conversation(rng)[:-1]
-        a, b = (int(x) for x in prompt[-1]["content"].removeprefix("What is ").rstrip("?").split(" + ")) \
-            if prompt[-1]["content"].startswith("What") else (1, 1)
+        a, b = rng.randint(0, 99), rng.randint(0, 99)
+        prompt = [{"role": "user", "content": f"What is {a} + {b}?"}]
         rows.append({"chosen": [*prompt, {"role": "assistant", "content": str(a + b)}],
                      "rejected": [*prompt, {"role": "assistant", "content": str(a + b + 1)}]})
     return write_jsonl(tmp_path / "pairs.jsonl", rows)
