@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 def test_the_post_training_demonstration_runs_and_prints_its_table(tmp_path, shared_data):
     cmd = [sys.executable, str(REPO / "recipes" / "posttrain_demo.py"), "--out", str(tmp_path / "demo"),
            "--docs-chars", "30000", "--vocab-size", "512", "--pretrain-problems", "200", "--pretrain-steps", "3",
-           "--sft-problems", "64", "--sft-steps", "3", "--dpo-problems", "8", "--samples", "2", "--dpo-steps", "2",
+           "--sft-problems", "64", "--sft-steps", "3", "--dpo-problems", "8", "--samples", "2",
            "--test-problems", "8"]
     result = subprocess.run(cmd, env=run_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
