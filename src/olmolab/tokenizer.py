@@ -1,18 +1,23 @@
 """Tokenizers: one wrapper over Hugging Face `tokenizers` for OLMo's files and for ones we train.
 
-OLMo's data rule, which everything here serves: a document becomes
+OLMo's data rule, which pretraining serves: a document becomes
 `encode(text.strip(), add_special_tokens=False) + [eos]` - no BOS, no other special tokens
 (allenai/dolma `python/dolma/tokenizer/tokenizer.py`; checked against Dolma's own token files
 in the tests). A `tokenizer.json` does not say which token is EOS or PAD, so the ids come from,
 in order: explicit arguments, a Hugging Face `special_tokens_map.json` / `tokenizer_config.json`
 beside the file, then the special tokens whose names OLMo and GPT-style tokenizers use.
+
+Chat (post-training, OLMo 2-Instruct) has its own rule, `render_chat`: the conversation is
+rendered to one string in the Tülu template and tokenized whole, as transformers'
+`apply_chat_template` does, so both give the same ids.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -155,6 +160,47 @@ class Tokenizer:
     def decode(self, ids: Iterable[int], *, skip_special_tokens: bool = False) -> str:
         return self.hf.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
 
+    def encode_chat(self, messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool = False) -> list[int]:
+        """The ids of a conversation in OLMo 2-Instruct's template (what `apply_chat_template` gives)."""
+        return self.encode_chat_with_mask(messages, add_generation_prompt=add_generation_prompt)[0]
+
+    def encode_chat_with_mask(
+        self, messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool = False,
+        last_turn_only: bool = False,
+    ) -> tuple[list[int], list[bool]]:
+        """Ids of a conversation and, per token, whether it belongs to an assistant turn's trained
+        span (only the last turn's with `last_turn_only`, what DPO scores).
+
+        The rendered string is tokenized whole (tokenizing turn by turn could merge differently at
+        the seams); a token is trained when its first character lies inside a span.
+        """
+        text, spans = self.render_chat(messages, add_generation_prompt=add_generation_prompt)
+        if last_turn_only:
+            spans = spans[-1:]
+        encoding = self.hf.encode(text, add_special_tokens=False)
+        starts = [start for start, _ in encoding.offsets]
+        trained = [False] * len(starts)
+        for span_start, span_end in spans:
+            first = bisect.bisect_left(starts, span_start)
+            for i in range(first, bisect.bisect_left(starts, span_end)):
+                trained[i] = True
+        return encoding.ids, trained
+
+    def render_chat(
+        self, messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool = False
+    ) -> tuple[str, list[tuple[int, int]]]:
+        """`render_chat` with this tokenizer's BOS and EOS: the text, and the trained spans."""
+        return render_chat(messages, bos=self.chat_bos_token, eos=self.id_to_token(self.require_eos()),
+                           add_generation_prompt=add_generation_prompt)
+
+    @property
+    def chat_bos_token(self) -> str:
+        """The BOS that starts a chat: OLMo 2's `bos_token` is its EOS, `<|endoftext|>`."""
+        return self.id_to_token(self.bos_token_id if self.bos_token_id is not None else self.require_eos())
+
+    def id_to_token(self, token_id: int) -> str:
+        return self.hf.id_to_token(token_id)
+
     def require_eos(self) -> int:
         if self.eos_token_id is None:
             raise UserError(
@@ -166,6 +212,51 @@ class Tokenizer:
     def __repr__(self) -> str:
         eos, pad, bos = self._ids()
         return f"Tokenizer({self.name!r}, vocab_size={self.vocab_size}, eos={eos}, pad={pad}, bos={bos})"
+
+
+# ---------------------------------------------------------------------- the chat format
+
+CHAT_ROLES = ("system", "user", "assistant")
+
+# OLMo 2-Instruct's `chat_template` (open-instruct's "tulu" template with the BOS in front), as
+# Jinja for transformers' `apply_chat_template`; `render_chat` is the same in Python.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ '<|system|>\\n' + message['content'] + '\\n' }}"
+    "{% elif message['role'] == 'user' %}{{ '<|user|>\\n' + message['content'] + '\\n' }}"
+    "{% elif message['role'] == 'assistant' %}"
+    "{% if not loop.last %}{{ '<|assistant|>\\n' + message['content'] + eos_token + '\\n' }}"
+    "{% else %}{{ '<|assistant|>\\n' + message['content'] + eos_token }}{% endif %}"
+    "{% endif %}"
+    "{% if loop.last and add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
+    "{% endfor %}"
+)
+GENERATION_PROMPT = "<|assistant|>\n"
+
+
+def render_chat(
+    messages: Sequence[Mapping[str, str]], *, bos: str, eos: str, add_generation_prompt: bool = False
+) -> tuple[str, list[tuple[int, int]]]:
+    """The conversation as text, and the (start, end) character span of each assistant turn's
+    trained part: from after `<|assistant|>\\n` through its EOS (and the newline after a turn
+    that is not the last, which the model must also learn to write).
+
+    Roles and contents are the caller's to check (`olmolab.posttrain.chat_data` does).
+    """
+    parts, spans, length = [bos], [], len(bos)
+    for i, message in enumerate(messages):
+        head = f"<|{message['role']}|>\n"
+        if message["role"] == "assistant":
+            body = message["content"] + eos + ("\n" if i < len(messages) - 1 else "")
+            spans.append((length + len(head), length + len(head) + len(body)))
+        else:
+            body = message["content"] + "\n"
+        parts += [head, body]
+        length += len(head) + len(body)
+    if add_generation_prompt and messages:
+        parts.append(GENERATION_PROMPT)
+    return "".join(parts), spans
 
 
 def train_bpe(

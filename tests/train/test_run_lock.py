@@ -1,16 +1,15 @@
 """One trainer per run directory: a second one exits at once, naming the holder; a lock left by
 a killed trainer is taken over."""
 
+import os
 import signal
 import subprocess
+import sys
 import time
 
-import pytest
-
 from olmolab.config import load_run_config
-from olmolab.errors import UserError
 from olmolab.revisions import list_revisions
-from olmolab.train.run_lock import LOCK_FILE, RunLock
+from olmolab.train.run_lock import LOCK_FILE
 from olmolab.train.trainer import Trainer
 from tests.train.test_trainer import olmolab_cmd, run_env
 
@@ -41,12 +40,25 @@ def test_a_second_trainer_on_a_run_directory_exits_naming_the_first(tiny_run, tm
     assert list_revisions(tmp_path / "run")
 
 
+def lock_from_another_process(run_dir) -> subprocess.CompletedProcess:
+    code = f"from olmolab.train.run_lock import RunLock; RunLock({str(run_dir)!r}).acquire()"
+    return subprocess.run([sys.executable, "-c", code], env=run_env(), capture_output=True, text=True, timeout=120)
+
+
 def test_the_lock_is_held_while_training_and_free_after(tiny_run, tmp_path):
     path, _ = tiny_run(max_steps=2)
     trainer = Trainer(load_run_config(path))
-    with pytest.raises(UserError, match="in use by process"):
-        RunLock(tmp_path / "run").acquire()
+    refused = lock_from_another_process(tmp_path / "run")
+    assert refused.returncode != 0 and f"in use by process {os.getpid()}" in refused.stderr
     trainer.fit()
-    after = RunLock(tmp_path / "run")
-    after.acquire()
-    after.release()
+    assert lock_from_another_process(tmp_path / "run").returncode == 0
+
+
+def test_one_process_may_hold_its_run_directory_twice(tiny_run, tmp_path):
+    """A notebook that builds a second Trainer on the same directory is not locked out by itself."""
+    path, _ = tiny_run(max_steps=2)
+    first = Trainer(load_run_config(path))
+    Trainer(load_run_config(path)).fit()
+    assert lock_from_another_process(tmp_path / "run").returncode != 0  # `first` still holds it
+    first.fit()
+    assert lock_from_another_process(tmp_path / "run").returncode == 0

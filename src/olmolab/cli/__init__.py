@@ -13,11 +13,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from olmolab.cli import data, evaluation, models, runs, tokenizer, train
+from olmolab.cli import data, evaluation, models, posttrain, runs, tokenizer, train
 from olmolab.errors import UserError
 
 # The one table of commands: each group's module, in the order `olmolab --help` lists them.
-COMMAND_MODULES = (tokenizer, data, train, runs, evaluation, models)
+COMMAND_MODULES = (tokenizer, data, train, posttrain, runs, evaluation, models)
 
 
 def build_parser() -> argparse.ArgumentParser:

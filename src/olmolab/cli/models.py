@@ -34,11 +34,13 @@ def _register_generate(subparsers) -> None:
   olmolab generate runs/quickstart --prompt "The meaning of life is"
   olmolab generate runs/quickstart/step1000-tokens4M --prompt "Once upon" --temperature 0.8 --top-p 0.95 --seed 1
   olmolab generate exported-hf/ --prompts-file prompts.txt --max-new-tokens 32 --stop "\\n" > out.jsonl
+  olmolab generate runs/sft --chat --prompt "What is 2 + 2?" --system "Answer with a number."
 
 CHECKPOINT is an olmolab checkpoint, a revision directory, a run directory (its latest
 revision is used) or a Hugging Face OLMo directory. A single prompt streams its continuation
 to the terminal; --prompts-file generates in left-padded batches and writes one JSON line
-{"prompt", "completion"} per prompt.""")
+{"prompt", "completion"} per prompt. --chat makes each prompt a user turn in the chat template
+(OLMo 2-Instruct's) and generates the assistant's reply; `olmolab chat` holds a conversation.""")
     p.add_argument("checkpoint", metavar="CHECKPOINT")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompt", help="the text to continue")
@@ -54,6 +56,9 @@ to the terminal; --prompts-file generates in left-padded batches and writes one 
     p.add_argument("--tokenizer", type=Path, metavar="FILE", help="tokenizer.json to use instead of the checkpoint's")
     p.add_argument("--batch-size", type=int, default=8, metavar="N", help="prompts per batch with --prompts-file")
     p.add_argument("--completion-only", action="store_true", help="do not echo a single prompt before its continuation")
+    p.add_argument("--chat", action="store_true",
+                   help="each prompt is a user message: apply the chat template and generate the assistant's reply")
+    p.add_argument("--system", metavar="TEXT", help="with --chat: a system message before each prompt")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
                    help="weights' dtype (bfloat16 is for CUDA; it is very slow on CPU)")
@@ -82,20 +87,24 @@ def _generate(args) -> int:
         check_tokenizer(model.config, tokenizer, source=str(args.tokenizer))
     if tokenizer is None:
         raise UserError(f"{args.checkpoint}: no tokenizer.json with this checkpoint; pass --tokenizer FILE")
-    _warn_if_window_cuts(prompts, tokenizer, model.config.max_seq_len, args.max_new_tokens)
+    if args.system is not None and not args.chat:
+        raise UserError("--system needs --chat")
+    model_prompts = [_chat_prompt(tokenizer, p, args.system) for p in prompts] if args.chat else prompts
+    _warn_if_window_cuts(model_prompts, tokenizer, model.config.max_seq_len, args.max_new_tokens)
 
     if args.prompt is not None:
-        if not args.completion_only:
+        if not args.completion_only and not args.chat:
             sys.stdout.write(args.prompt)
         def stream(row: int, piece: str) -> None:
             sys.stdout.write(piece)
             sys.stdout.flush()
-        generate_text(model, tokenizer, prompts, config, stop_strings=stops, on_text=stream)
+        generate_text(model, tokenizer, model_prompts, config, stop_strings=stops, on_text=stream)
         sys.stdout.write("\n")
         return 0
     for start in range(0, len(prompts), args.batch_size):
         batch = prompts[start : start + args.batch_size]
-        completions = generate_text(model, tokenizer, batch, config, stop_strings=stops)
+        completions = generate_text(model, tokenizer, model_prompts[start : start + args.batch_size], config,
+                                    stop_strings=stops)
         for prompt, completion in zip(batch, completions, strict=True):
             print(json.dumps({"prompt": prompt, "completion": completion}, ensure_ascii=False), flush=True)
     return 0
@@ -111,6 +120,12 @@ def _warn_if_window_cuts(prompts: list[str], tokenizer, window: int, max_new_tok
         print(f"olmolab generate: note: {len(cut)} prompt(s) leave less room than --max-new-tokens "
               f"{max_new_tokens} in the model's {window}-token context window (prompt {i + 1}: room for "
               f"{rooms[i]} new tokens); their completions stop at the window", file=sys.stderr)
+
+
+def _chat_prompt(tokenizer, text: str, system: str | None) -> str:
+    """`text` as the user's turn of a conversation, followed by the assistant's generation prompt."""
+    messages = [{"role": "system", "content": system}] if system else []
+    return tokenizer.render_chat([*messages, {"role": "user", "content": text}], add_generation_prompt=True)[0]
 
 
 def _read_prompts(path: Path) -> list[str]:

@@ -37,6 +37,7 @@ from torch import Tensor
 from olmolab.errors import UserError, first_line
 from olmolab.files import write_safetensors
 from olmolab.model import ModelConfig, Transformer
+from olmolab.tokenizer import CHAT_TEMPLATE
 
 ARCHITECTURES = {"olmo": "OlmoForCausalLM", "olmo2": "Olmo2ForCausalLM"}
 
@@ -241,6 +242,8 @@ def write_tokenizer(tokenizer, out: Path, config: ModelConfig) -> None:
                 f"(ids 0..{size - 1}); fix the model config or pass the model's own tokenizer"
             )
         special[f"{what}_token"] = token
+    if "eos_token" in special:  # the chat template starts with `bos_token`: OLMo 2's is its EOS
+        special.setdefault("bos_token", special["eos_token"])
     raw.save(str(out / "tokenizer.json"))
     tokenizer_config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
@@ -248,6 +251,7 @@ def write_tokenizer(tokenizer, out: Path, config: ModelConfig) -> None:
         "add_bos_token": False,
         "add_eos_token": False,
         **special,
+        "chat_template": CHAT_TEMPLATE,
     }
     (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
     (out / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")

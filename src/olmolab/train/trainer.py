@@ -101,8 +101,6 @@ class Trainer:
         ckpt.remove_leftovers(self.run_dir)
         self.accum_steps = tc.check_batch(self.world_size)
         self.bf16 = tc.precision == "bf16" or (tc.precision == "auto" and device_type == "cuda")
-        self.tokens_per_step = tc.global_batch_size * config.data.seq_len
-        self.max_steps = tc.max_steps or math.ceil(tc.max_tokens / self.tokens_per_step)
 
         torch.manual_seed(tc.seed)
         with torch.device(self.device):
@@ -125,16 +123,8 @@ class Trainer:
         elif tc.load_path and not tc.reset_trainer_state:
             self._resume(Path(tc.load_path))
 
-        self.train_data = config.data.build(tc.global_batch_size)
-        self.validation = config.data.build_validation_dataset()
-        for dataset in (self.train_data.dataset, self.validation):
-            if dataset is not None:
-                check_vocab_fits(dataset.files, config.model.embedding_size)
-        self.loader = self.train_data.loader(rank=self.rank, world_size=self.world_size,
-                                             pin_memory=device_type == "cuda")
-        if self.state.data:
-            self.loader.load_state_dict(self.state.data)
         self.tokenizer = self._load_tokenizer()
+        self._build_data()
         self.evaluators = self._build_evaluators()
 
         self.sinks = MetricSinks(self.run_dir, enabled=self.rank == 0, wandb_project=tc.wandb_project,
@@ -163,6 +153,26 @@ class Trainer:
         if refused.item():
             raise refusal or UserError(f"{self.run_dir}: in use by another trainer (rank 0 says which)")
         return lock
+
+    def _build_data(self) -> None:
+        """The loader (at the resumed position), validation data, and the run's length.
+        Post-training (olmolab.posttrain) builds its chat data here instead."""
+        tc = self.config.trainer
+        self.tokens_per_step = tc.global_batch_size * self.config.data.seq_len
+        self.max_steps = tc.max_steps or math.ceil(tc.max_tokens / self.tokens_per_step)
+        self.train_data = self.config.data.build(tc.global_batch_size)
+        self.validation = self.config.data.build_validation_dataset()
+        for dataset in (self.train_data.dataset, self.validation):
+            if dataset is not None:
+                check_vocab_fits(dataset.files, self.config.model.embedding_size)
+        self.loader = self.train_data.loader(rank=self.rank, world_size=self.world_size,
+                                             pin_memory=self.device.type == "cuda")
+        if self.state.data:
+            self.loader.load_state_dict(self.state.data)
+
+    def batch_tokens(self, batch: dict) -> int:
+        """Tokens the step on `batch` counts (over all ranks): pretraining's are fixed."""
+        return self.tokens_per_step
 
     def _load_weights_only(self, model: Transformer, path: str) -> None:
         source = model_files.load_model(path, device=self.device)
@@ -236,11 +246,12 @@ class Trainer:
         self.throughput.resume()
         try:
             while self.state.step < self.max_steps:
-                row = self.train_step(next(batches))
+                batch = next(batches)
+                row = self.train_step(batch)
                 self._stop_if_diverged(row)
                 self.energy.sample()
                 self.state.step += 1
-                self.state.tokens += self.tokens_per_step
+                self.state.tokens += self.batch_tokens(batch)
                 bar.update(1)
                 if self.state.step % tc.log_interval == 0 or self.state.step == self.max_steps:
                     row |= self.throughput.report()
@@ -272,6 +283,30 @@ class Trainer:
             )
 
     def train_step(self, batch: dict) -> dict:
+        t = self.state.step if self.config.scheduler.units == "steps" else self.state.tokens
+        lr = lr_at(t, self.config.optim.lr, self.config.scheduler, self._t_max())
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        row = self.forward_backward(batch)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.trainer.max_grad_norm or math.inf)
+        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+        norm = grad_norm.item()
+        skipped = not (math.isfinite(row["loss"]) and math.isfinite(norm))
+        self.state.consecutive_skipped_steps = self.state.consecutive_skipped_steps + 1 if skipped else 0
+        if skipped:  # never train on a non-finite loss or gradient
+            self.state.skipped_steps += 1
+            if self.rank == 0:
+                tqdm.write(f"olmolab: step {self.state.step + 1}: non-finite loss {row['loss']} or grad norm {norm}; "
+                           f"step skipped ({self.state.skipped_steps} so far)", file=sys.stderr)
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.throughput.add(self.batch_tokens(batch))
+        return row | {"grad_norm": norm, "lr": lr, "skipped_steps": self.state.skipped_steps}
+
+    def forward_backward(self, batch: dict) -> dict:
+        """Forward and backward over the rank's share of the batch; returns the step's logged
+        losses, reduced over ranks. Post-training (olmolab.posttrain) replaces this."""
         tc = self.config.trainer
         input_ids = batch["input_ids"].to(self.device, non_blocking=True)
         self._check_token_ids(input_ids)
@@ -281,40 +316,26 @@ class Trainer:
         # Each rank's loss is scaled so that DDP/FSDP's gradient *average* over ranks gives the
         # gradient of the global mean.
         div = global_count.clamp(min=1) / self.world_size
-        t = self.state.step if self.config.scheduler.units == "steps" else self.state.tokens
-        lr = lr_at(t, self.config.optim.lr, self.config.scheduler, self._t_max())
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
 
-        ce_sum = torch.zeros((), device=self.device)
-        z_sum = torch.zeros((), device=self.device)
+        def micro_loss(rows: slice):
+            out = self.model(input_ids[rows], labels[rows], z_loss_multiplier=tc.z_loss_multiplier, loss_div_factor=div)
+            return out.loss, torch.stack([out.ce_loss, out.z_loss])
+
+        ce, z = (self.accumulate(micro_loss) / self.world_size).tolist()
+        return {"loss": ce + z, "ce_loss": ce, "z_loss": z}
+
+    def accumulate(self, micro_loss) -> torch.Tensor:
+        """Gradient accumulation: `micro_loss(rows)` gives (the loss to backpropagate, a tensor of
+        detached values to log) for one micro-batch's rows; gradients sync on the last. Returns
+        the logged values summed over micro-batches and ranks."""
         micro = self.config.trainer.micro_batch_size
+        total = None
         for i in range(self.accum_steps):
-            last = i == self.accum_steps - 1
-            with dist_utils.set_gradient_sync(self.model, last), self._autocast():
-                out = self.model(input_ids[i * micro:(i + 1) * micro], labels[i * micro:(i + 1) * micro],
-                                 z_loss_multiplier=tc.z_loss_multiplier, loss_div_factor=div)
-                out.loss.backward()
-            ce_sum += out.ce_loss
-            z_sum += out.z_loss
-
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.max_grad_norm or math.inf)
-        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
-        losses = dist_utils.all_reduce_sum(torch.stack([ce_sum, z_sum])) / self.world_size
-        ce, z, norm = losses[0].item(), losses[1].item(), grad_norm.item()
-        skipped = not (math.isfinite(ce) and math.isfinite(z) and math.isfinite(norm))
-        self.state.consecutive_skipped_steps = self.state.consecutive_skipped_steps + 1 if skipped else 0
-        if skipped:  # never train on a non-finite loss or gradient
-            self.state.skipped_steps += 1
-            if self.rank == 0:
-                tqdm.write(f"olmolab: step {self.state.step + 1}: non-finite loss {ce} or grad norm {norm}; "
-                           f"step skipped ({self.state.skipped_steps} so far)", file=sys.stderr)
-        else:
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.throughput.add(self.tokens_per_step)
-        return {"loss": ce + z, "ce_loss": ce, "z_loss": z, "grad_norm": norm, "lr": lr,
-                "skipped_steps": self.state.skipped_steps}
+            with dist_utils.set_gradient_sync(self.model, i == self.accum_steps - 1), self._autocast():
+                loss, logged = micro_loss(slice(i * micro, (i + 1) * micro))
+                loss.backward()
+            total = logged if total is None else total + logged
+        return dist_utils.all_reduce_sum(total)
 
     def _check_token_ids(self, input_ids: torch.Tensor) -> None:
         """Token files without our sidecar do not say their vocabulary: catch a foreign id here,
@@ -428,9 +449,10 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def train(config: RunConfig) -> dict:
-    """Run (or resume) the training described by `config`; returns the last logged metrics."""
-    trainer = Trainer(config)
+def train(config: RunConfig, trainer_class: type[Trainer] = Trainer) -> dict:
+    """Run (or resume) the training described by `config`; returns the last logged metrics.
+    Post-training passes its own `Trainer` subclass."""
+    trainer = trainer_class(config)
     try:
         return trainer.fit()
     finally:

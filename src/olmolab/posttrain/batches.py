@@ -1,0 +1,79 @@
+"""The order of post-training examples, and padding them into batches.
+
+The order is a pure function of (seed, epoch), as pretraining's is: epoch e visits the examples
+in `permutation(seed, e)`, and the epochs follow one another as one endless stream. Global
+batch b is items [b * G, (b + 1) * G) of that stream, so the loader's whole state is the number
+of batches taken, and a resumed run continues with exactly the batches it would have seen.
+
+Every rank pads the *global* batch to its longest row before taking its share: all ranks then
+run the same shapes, and the step's token count is the same number everywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from olmolab.errors import UserError
+
+
+def epoch_order(n_items: int, seed: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(n_items)
+
+
+class EpochLoader:
+    """Global batches of `global_batch_size` items, of which this rank gets its contiguous share."""
+
+    def __init__(
+        self,
+        n_items: int,
+        global_batch_size: int,
+        collate: Callable[[Sequence[int]], dict[str, torch.Tensor]],
+        *,
+        seed: int,
+        fingerprint: str,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        self.n_items, self.global_batch_size, self.collate = n_items, global_batch_size, collate
+        self.seed, self.fingerprint, self.rank, self.world_size = seed, fingerprint, rank, world_size
+        self.batches = 0
+
+    def batch_items(self, batch: int) -> list[int]:
+        """The item indices of global batch `batch`."""
+        start = batch * self.global_batch_size
+        items: list[int] = []
+        while len(items) < self.global_batch_size:
+            epoch, offset = divmod(start + len(items), self.n_items)
+            take = min(self.n_items - offset, self.global_batch_size - len(items))
+            items.extend(epoch_order(self.n_items, self.seed, epoch)[offset : offset + take].tolist())
+        return items
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        while True:
+            batch = self.collate(self.batch_items(self.batches))
+            self.batches += 1
+            share = self.global_batch_size // self.world_size
+            yield {key: value[self.rank * share : (self.rank + 1) * share] for key, value in batch.items()}
+
+    def state_dict(self) -> dict:
+        return {"batches": self.batches, "fingerprint": self.fingerprint}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("fingerprint") != self.fingerprint:
+            raise UserError(
+                "the run's checkpoint was trained on other data (or another tokenization of it) than this "
+                "config gives; start a new run_dir, or restore the data the run was started with"
+            )
+        self.batches = state["batches"]
+
+
+def pad_rows(rows: Sequence[Sequence[int]], value: int, length: int | None = None) -> torch.Tensor:
+    """(len(rows), length) int64, each row right-padded with `value` (to the longest by default)."""
+    length = length or max(len(r) for r in rows)
+    out = torch.full((len(rows), length), value, dtype=torch.long)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = torch.as_tensor(row, dtype=torch.long)
+    return out

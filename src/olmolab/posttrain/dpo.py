@@ -1,0 +1,198 @@
+"""Direct preference optimisation (Rafailov et al. 2023), as Tülu 3 ran it for OLMo 2-Instruct.
+
+    olmolab dpo configs/official/olmo2-7b-dpo.yaml
+
+Each row is a conversation with two final assistant turns, `chosen` and `rejected`; only that
+last turn is scored. With π the policy's and r the reference's score of a turn,
+
+    z     = (π_chosen - π_rejected) - (r_chosen - r_rejected)
+    loss  = -(1 - ε) log σ(β z) - ε log σ(-β z)          (ε: label smoothing; 0 = plain DPO)
+
+`dpo` scores a turn by its summed token log-probs; `dpo_norm` (Tülu 3's default) by their
+mean, so long answers are not favoured. Logged: rewards/chosen = β (π_chosen - r_chosen),
+rewards/rejected likewise, their margin, the share of pairs with chosen > rejected
+(rewards/accuracy), and the policy's log-probs.
+
+The reference is the model training starts from (trainer.load_path). Its scores never change,
+so they are computed once, before the first step, into RUN_DIR/reference_logps-<key>.pt (the
+key hashes the tokenized data and the reference's weight files), and the reference is freed:
+training holds one model. A resumed run finds the file and reuses it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from olmolab import model_files
+from olmolab.model.loss import IGNORE_INDEX
+from olmolab.posttrain.batches import pad_rows
+from olmolab.posttrain.chat_data import preference_row, read_rows
+from olmolab.posttrain.config import DPOConfig
+from olmolab.posttrain.engine import PostTrainer
+from olmolab.posttrain.sft import ChatExample, chat_example, segment_labels
+from olmolab.train import distributed as dist_utils
+
+# ---------------------------------------------------------------------- the loss
+
+
+class DPOLoss(NamedTuple):
+    losses: Tensor
+    """(B,) per pair; the step's loss is their mean over the global batch."""
+    chosen_rewards: Tensor
+    """(B,) β (π_chosen - r_chosen), detached."""
+    rejected_rewards: Tensor
+
+
+def dpo_loss(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor, ref_rejected: Tensor,
+             beta: float, label_smoothing: float = 0.0) -> DPOLoss:
+    """The DPO loss of each pair from its four scores (each (B,))."""
+    z = (policy_chosen - policy_rejected) - (ref_chosen - ref_rejected)
+    losses = -(1 - label_smoothing) * F.logsigmoid(beta * z) - label_smoothing * F.logsigmoid(-beta * z)
+    return DPOLoss(losses, beta * (policy_chosen - ref_chosen).detach(), beta * (policy_rejected - ref_rejected).detach())
+
+
+def turn_scores(model, input_ids: Tensor, labels: Tensor, average: bool) -> Tensor:
+    """(B,) each row's summed (or, with `average`, mean) log-prob of its labelled tokens.
+    Only the labelled positions go through the LM head (`logits_at`)."""
+    rows, positions = (labels != IGNORE_INDEX).nonzero(as_tuple=True)
+    logits = model(input_ids, logits_at=(rows, positions)).float()  # (N, V)
+    token_logps = logits.log_softmax(-1).gather(1, labels[rows, positions][:, None]).squeeze(1)
+    sums = torch.zeros(input_ids.shape[0], device=logits.device).index_add(0, rows, token_logps)
+    if not average:
+        return sums
+    counts = torch.zeros(input_ids.shape[0], device=logits.device).index_add(0, rows, torch.ones_like(token_logps))
+    return sums / counts.clamp(min=1)
+
+
+# ---------------------------------------------------------------------- the data
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    chosen: ChatExample
+    rejected: ChatExample
+
+
+def tokenize_pairs(rows: list, tokenizer, max_seq_len: int, overlong: str, counts: Counter) -> list[PreferencePair]:
+    """Pairs whose two sides are both kept (see `chat_example`); `counts` gains dropped_pairs."""
+    pairs = []
+    for chosen, rejected in rows:
+        sides = [chat_example(m, tokenizer, max_seq_len, overlong, counts, last_turn_only=True)
+                 for m in (chosen, rejected)]
+        if None in sides:
+            counts["dropped_pairs"] += 1
+            continue
+        pairs.append(PreferencePair(*sides))
+    return pairs
+
+
+def collate_pairs(pairs: list[PreferencePair], pad_id: int) -> dict[str, Tensor]:
+    """Chosen and rejected sides, padded to one length (they go through the model together)."""
+    length = max(len(e.ids) for p in pairs for e in (p.chosen, p.rejected))
+    batch = {}
+    for side in ("chosen", "rejected"):
+        examples = [getattr(p, side) for p in pairs]
+        batch[f"{side}_input_ids"] = pad_rows([e.ids for e in examples], pad_id, length)
+        batch[f"{side}_labels"] = pad_rows([segment_labels(e) for e in examples], IGNORE_INDEX, length)
+    return batch
+
+
+# ---------------------------------------------------------------------- the reference
+
+
+def reference_key(data_fingerprint: str, reference_path: str) -> str:
+    """Hashes the tokenized data and the reference's weight files."""
+    digest = hashlib.sha256(data_fingerprint.encode())
+    model_dir = model_files.resolve_model_dir(reference_path)
+    for weights in sorted(model_dir.glob("*.safetensors")) + sorted(model_dir.glob("*.bin")):
+        with open(weights, "rb") as f:
+            while chunk := f.read(1 << 24):
+                digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+@torch.no_grad()
+def reference_scores(model, pairs: list[PreferencePair], pad_id: int, batch_size: int, average: bool,
+                     device) -> dict[str, Tensor]:
+    """{"chosen", "rejected"}: (N,) fp32 scores of every pair's turns under `model`."""
+    scores = {"chosen": [], "rejected": []}
+    for start in range(0, len(pairs), batch_size):
+        batch = {k: v.to(device) for k, v in collate_pairs(pairs[start : start + batch_size], pad_id).items()}
+        for side in scores:
+            scores[side].append(turn_scores(model, batch[f"{side}_input_ids"], batch[f"{side}_labels"], average).cpu())
+    return {side: torch.cat(values) for side, values in scores.items()}
+
+
+# ---------------------------------------------------------------------- training
+
+
+class DPOTrainer(PostTrainer):
+    def load_examples(self, counts: Counter) -> list[PreferencePair]:
+        section: DPOConfig = self.config.data
+        rows = read_rows(section.paths, preference_row, skip_bad=section.skip_bad, counts=counts)
+        return tokenize_pairs(rows, self.tokenizer, section.max_seq_len, section.overlong, counts)
+
+    def example_arrays(self, pair: PreferencePair) -> list[np.ndarray]:
+        return [pair.chosen.ids, pair.chosen.trained, pair.rejected.ids, pair.rejected.trained]
+
+    def _build_data(self) -> None:
+        super()._build_data()
+        self.reference = self._reference()
+
+    def _reference(self) -> dict[str, Tensor]:
+        """The cached reference scores; computed (by rank 0, with the reference then freed) if absent."""
+        key = reference_key(self.loader.fingerprint, self.config.trainer.load_path)
+        path = self.run_dir / f"reference_logps-{self.config.data.loss}-{key}.pt"
+        if self.rank == 0 and not path.exists():
+            if self.config.trainer.progress:
+                print(f"olmolab dpo: scoring {len(self.examples)} pairs with the reference", file=sys.stderr)
+            reference = model_files.load_model(self.config.trainer.load_path, device=self.device)
+            scores = reference_scores(reference, self.examples, self.config.model.pad_token_id,
+                                      self.config.trainer.micro_batch_size, self.config.data.loss == "dpo_norm",
+                                      self.device)
+            del reference
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            tmp = Path(f"{path}.tmp")
+            torch.save(scores, tmp)
+            tmp.replace(path)
+        dist_utils.barrier()
+        return torch.load(path)
+
+    def collate(self, items: list[int]) -> dict[str, Tensor]:
+        batch = collate_pairs([self.examples[i] for i in items], self.config.model.pad_token_id)
+        index = torch.as_tensor(items)
+        return batch | {"ref_chosen": self.reference["chosen"][index], "ref_rejected": self.reference["rejected"][index]}
+
+    def forward_backward(self, batch: dict) -> dict:
+        section: DPOConfig = self.config.data
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        global_pairs = self.config.trainer.global_batch_size
+
+        def micro_loss(rows: slice):
+            # both sides in one forward: DDP expects one forward per backward
+            ids = torch.cat([batch["chosen_input_ids"][rows], batch["rejected_input_ids"][rows]])
+            labels = torch.cat([batch["chosen_labels"][rows], batch["rejected_labels"][rows]])
+            chosen, rejected = turn_scores(self.model, ids, labels, section.loss == "dpo_norm").chunk(2)
+            out = dpo_loss(chosen, rejected, batch["ref_chosen"][rows], batch["ref_rejected"][rows],
+                           section.beta, section.label_smoothing)
+            # DDP / FSDP average the ranks' gradients: each rank divides by its share of the pairs.
+            loss = out.losses.sum() / (global_pairs / self.world_size)
+            logged = torch.stack([out.losses.sum(), out.chosen_rewards.sum(), out.rejected_rewards.sum(),
+                                  (out.chosen_rewards > out.rejected_rewards).float().sum(),
+                                  (out.chosen_rewards - out.rejected_rewards).sum(), chosen.sum(), rejected.sum()])
+            return loss, logged.detach()
+
+        values = (self.accumulate(micro_loss) / global_pairs).tolist()
+        names = ["loss", "rewards/chosen", "rewards/rejected", "rewards/accuracy", "rewards/margin",
+                 "logps/chosen", "logps/rejected"]
+        return dict(zip(names, values, strict=True))
