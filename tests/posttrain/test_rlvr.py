@@ -1,0 +1,103 @@
+"""`olmolab rlvr`: GRPO on the trainer's engine, end to end at toy size."""
+
+import json
+import random
+
+import pytest
+import torch
+import yaml
+
+from olmolab.cli import main
+from olmolab.posttrain import verifiers
+from olmolab.posttrain.rlvr import response_batch, token_logps
+from olmolab.train.checkpoint import list_revisions
+from olmolab.train.metrics import read_metrics
+
+from .conftest import MAX_SEQ_LEN, write_jsonl
+
+
+@pytest.fixture
+def rlvr_config(tmp_path, base_checkpoint):
+    """A function writing an `olmolab rlvr` config on arithmetic prompts checked by `gsm8k`."""
+    rng = random.Random(3)
+    rows = []
+    for _ in range(8):
+        a, b = rng.randint(0, 9), rng.randint(0, 9)
+        rows.append({"messages": [{"role": "user", "content": f"What is {a} + {b}?"}],
+                     "ground_truth": str(a + b), "dataset": "gsm8k"})
+    data = write_jsonl(tmp_path / "prompts.jsonl", rows)
+
+    def make(name="rlvr.yaml", rlvr=None, **trainer):
+        raw = {
+            "rlvr": {"paths": [data], "max_seq_len": MAX_SEQ_LEN, "samples_per_prompt": 4, "response_length": 6,
+                     "sample_interval": 1, "samples_logged": 2} | (rlvr or {}),
+            "trainer": {"load_path": str(base_checkpoint), "run_dir": str(tmp_path / "rlvr"), "global_batch_size": 2,
+                        "micro_batch_size": 1, "max_steps": 2, "save_interval": 1, "progress": False,
+                        "peak_flops": 1e11} | trainer,
+            "optim": {"lr": 1e-3},
+            "scheduler": {"name": "constant"},
+        }
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(raw))
+        return path
+
+    return make
+
+
+def test_response_labels_are_the_response_tokens_only():
+    import numpy as np
+
+    ids, labels = response_batch([np.array([5, 6, 7]), np.array([5, 6])], [[8, 9], [10, 11, 12]], pad_id=1)
+    assert ids.tolist() == [[5, 6, 7, 8, 9], [5, 6, 10, 11, 12]]
+    assert labels.tolist() == [[-100, -100, 8, 9, -100], [-100, 10, 11, 12, -100]]
+
+
+def test_token_logps_are_the_full_forwards_log_probs_of_the_labels():
+    from olmolab import ModelConfig, Transformer
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.preset("olmo2-tiny")).eval()
+    ids = torch.randint(2, 100, (2, 6))
+    labels = torch.full_like(ids, -100)
+    labels[0, 2:5], labels[1, 1:3] = ids[0, 3:6], ids[1, 2:4]
+    with torch.no_grad():
+        full = model(ids).float().log_softmax(-1)
+        got = token_logps(model, ids, labels)
+    mask = labels != -100
+    expected = full.gather(2, labels.clamp(min=0)[..., None]).squeeze(-1) * mask
+    torch.testing.assert_close(got, expected)
+
+
+def says_one(response: str, ground_truth) -> float:
+    """A verifier an untrained model sometimes satisfies, so that groups have different rewards."""
+    return float("1" in response)
+
+
+def test_rlvr_run_logs_rewards_kl_and_timing_writes_samples_and_revisions(rlvr_config, tmp_path, monkeypatch):
+    monkeypatch.setitem(verifiers.VERIFIERS, "says_one", says_one)
+    data = write_jsonl(tmp_path / "ones.jsonl", [{"messages": [{"role": "user", "content": f"Say {i}."}],
+                                                  "ground_truth": "1", "dataset": "says_one"} for i in range(4)])
+    config = rlvr_config(rlvr={"paths": [data], "updates_per_rollout": 2, "samples_per_prompt": 8})
+    assert main(["rlvr", str(config)]) == 0
+    rows = [r for r in read_metrics(tmp_path / "rlvr") if "loss" in r]
+    assert [r["step"] for r in rows] == [1, 2]
+    for row in rows:
+        for key in ("reward/mean", "reward/std", "accuracy", "response_length", "cutoff_fraction", "kl",
+                    "clip_fraction", "policy_loss", "groups/dropped", "time/generation_s", "time/learning_s"):
+            assert key in row, key
+        assert 0 < row["response_length"] <= 6 and 0 <= row["cutoff_fraction"] <= 1
+    # the second update of a rollout moved the policy away from the reference
+    assert rows[-1]["kl"] > 0
+    samples = [json.loads(line) for line in (tmp_path / "rlvr" / "samples.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in samples] == [1, 1, 2, 2]
+    assert samples[0]["prompt"].endswith("<|assistant|>\n") and samples[0]["reward"] in (0.0, 10.0)
+    assert [r.step for r in list_revisions(tmp_path / "rlvr")] == [1, 2]
+
+
+def test_an_unknown_verifier_is_an_error_naming_the_line(rlvr_config, tmp_path, capsys):
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"messages": [{"role": "user", "content": "hi"}],
+                                               "ground_truth": "1", "dataset": "gsm8k"},
+                                              {"messages": [{"role": "user", "content": "hi"}],
+                                               "ground_truth": "1", "dataset": "gsm9k"}])
+    assert main(["rlvr", str(rlvr_config(rlvr={"paths": [bad]}))]) != 0
+    assert "bad.jsonl:2: no verifier named 'gsm9k' (known: gsm8k, math)" in capsys.readouterr().err
