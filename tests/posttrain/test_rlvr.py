@@ -13,6 +13,7 @@ from olmolab.posttrain.rlvr import response_batch, token_logps
 from olmolab.train.checkpoint import list_revisions
 from olmolab.train.metrics import read_metrics
 
+from ..train.test_trainer import final_weights
 from .conftest import MAX_SEQ_LEN, write_jsonl
 
 
@@ -73,6 +74,26 @@ def says_one(response: str, ground_truth) -> float:
     return float("1" in response)
 
 
+def test_generation_after_a_fused_adamw_step_uses_the_new_weights():
+    """The fused AdamW step leaves the weights' version counters alone, so the decode kernels'
+    cached weight layouts must be dropped before each rollout (`forget_derived_weights`)."""
+    import copy
+
+    from olmolab import ModelConfig, Transformer
+    from olmolab.model.generate import GenerationConfig, forget_derived_weights, generate
+    from olmolab.train.optim import OptimConfig, build_optimizer
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.preset("olmo2-tiny"))
+    prompts, config = [[5, 6, 7], [8, 9, 10]], GenerationConfig(max_new_tokens=4, stop_at_eos=False)
+    generate(model, prompts, config)  # caches the layouts of the initial weights
+    optimizer = build_optimizer(model, OptimConfig(lr=0.5))
+    model(torch.tensor(prompts)).float().logsumexp(-1).mean().backward()
+    optimizer.step()
+    forget_derived_weights(model)
+    assert generate(model, prompts, config) == generate(copy.deepcopy(model), prompts, config)
+
+
 def test_rlvr_run_logs_rewards_kl_and_timing_writes_samples_and_revisions(rlvr_config, tmp_path, monkeypatch):
     monkeypatch.setitem(verifiers.VERIFIERS, "says_one", says_one)
     data = write_jsonl(tmp_path / "ones.jsonl", [{"messages": [{"role": "user", "content": f"Say {i}."}],
@@ -92,6 +113,30 @@ def test_rlvr_run_logs_rewards_kl_and_timing_writes_samples_and_revisions(rlvr_c
     assert [s["step"] for s in samples] == [1, 1, 2, 2]
     assert samples[0]["prompt"].endswith("<|assistant|>\n") and samples[0]["reward"] in (0.0, 10.0)
     assert [r.step for r in list_revisions(tmp_path / "rlvr")] == [1, 2]
+
+
+def test_a_resumed_run_samples_and_trains_exactly_as_the_uninterrupted_one(rlvr_config, tmp_path, monkeypatch):
+    """Stopped after its step-2 revision and started again, the run samples the same responses
+    (the sampling RNG is in the revision) and ends with the same weights, bit for bit."""
+    monkeypatch.setitem(verifiers.VERIFIERS, "says_one", says_one)
+    data = write_jsonl(tmp_path / "ones.jsonl", [{"messages": [{"role": "user", "content": f"Say {i}."}],
+                                                  "ground_truth": "1", "dataset": "says_one"} for i in range(4)])
+    rlvr = {"paths": [data], "samples_per_prompt": 8, "samples_logged": 16}
+    straight = rlvr_config("straight.yaml", rlvr=rlvr, run_dir=str(tmp_path / "straight"), max_steps=3, save_interval=2)
+    assert main(["rlvr", str(straight)]) == 0
+    stopped = rlvr_config("stopped.yaml", rlvr=rlvr, run_dir=str(tmp_path / "stopped"), max_steps=2, save_interval=2)
+    assert main(["rlvr", str(stopped)]) == 0
+    resumed = rlvr_config("resumed.yaml", rlvr=rlvr, run_dir=str(tmp_path / "stopped"), max_steps=3, save_interval=2)
+    assert main(["rlvr", str(resumed)]) == 0
+
+    def run(name):
+        rows = [r for r in read_metrics(tmp_path / name) if "loss" in r]
+        curve = [(r["step"], r["loss"], r["reward/mean"], r["response_length"], r["grad_norm"]) for r in rows]
+        samples = (tmp_path / name / "samples.jsonl").read_text()
+        return curve, samples, final_weights(tmp_path / name)
+
+    assert run("stopped") == run("straight")
+    assert any(r["groups/dropped_fraction"] < 1 for r in read_metrics(tmp_path / "straight") if "loss" in r)
 
 
 def test_an_unknown_verifier_is_an_error_naming_the_line(rlvr_config, tmp_path, capsys):

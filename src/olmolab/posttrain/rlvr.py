@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from olmolab import io
-from olmolab.model.generate import GenerationConfig, generate
+from olmolab.model.generate import GenerationConfig, forget_derived_weights, generate
 from olmolab.model.loss import IGNORE_INDEX
 from olmolab.posttrain.batches import pad_rows
 from olmolab.posttrain.chat_data import BadRow, check_messages, read_rows
@@ -154,6 +154,7 @@ class RLVRTrainer(PostTrainer):
         group = section.samples_per_prompt
         prompts = [self.examples[i] for i in items for _ in range(group)]
         policy = dist_utils.unwrap(self.model)
+        forget_derived_weights(policy)  # the optimizer changed the weights in place since the last rollout
         eos = self.config.model.eos_token_id
         responses = generate(policy, [p.ids.tolist() for p in prompts], GenerationConfig(
             max_new_tokens=section.response_length, temperature=section.temperature, top_p=section.top_p,
