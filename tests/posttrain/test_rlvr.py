@@ -145,4 +145,16 @@ def test_an_unknown_verifier_is_an_error_naming_the_line(rlvr_config, tmp_path, 
                                               {"messages": [{"role": "user", "content": "hi"}],
                                                "ground_truth": "1", "dataset": "gsm9k"}])
     assert main(["rlvr", str(rlvr_config(rlvr={"paths": [bad]}))]) != 0
-    assert "bad.jsonl:2: no verifier named 'gsm9k' (known: gsm8k, math)" in capsys.readouterr().err
+    assert "bad.jsonl:2: no verifier named 'gsm9k'; known: gsm8k, math" in capsys.readouterr().err
+
+
+def test_the_official_1b_recipe_carries_the_published_grpo_hyperparameters():
+    from olmolab.posttrain.config import load_post_train_config
+    from tests.conftest import REPO_ROOT
+
+    config = load_post_train_config("rlvr", REPO_ROOT / "configs/official/olmo2-1b-rlvr.yaml")
+    rlvr = config.data
+    assert (rlvr.beta, config.optim.lr, config.scheduler.name) == (0.01, 5e-7, "constant")
+    assert (rlvr.samples_per_prompt, config.trainer.global_batch_size, rlvr.response_length) == (16, 48, 2048)
+    assert (rlvr.temperature, rlvr.verification_reward, rlvr.cutoff_reward) == (1.0, 10.0, 0.0)
+    assert (rlvr.clip_low, rlvr.clip_high, rlvr.advantage_normalization) == (0.2, 0.272, "centered")

@@ -89,7 +89,7 @@ def test_a_user_registers_a_verifier_in_a_few_lines(monkeypatch):
         return float(response.strip().lower().startswith(str(ground_truth).lower()))
 
     assert verifier_for("yes_no")("Yes, it is.", "yes") == 1.0
-    assert verifier_for("gsm8k") is gsm8k_verifier and verifier_for("math") is math_verifier
+    assert verifier_for("gsm8k") is gsm8k_verifier and verifier_for("MATH") is math_verifier  # open-instruct's name
     with pytest.raises(ValueError, match="already registered"):
         register_verifier("gsm8k")(yes_no)
 

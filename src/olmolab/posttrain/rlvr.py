@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from olmolab import io
+from olmolab.errors import UserError
 from olmolab.model.generate import GenerationConfig, forget_derived_weights, generate
 from olmolab.model.loss import IGNORE_INDEX
 from olmolab.posttrain.batches import pad_rows
@@ -42,7 +43,7 @@ from olmolab.posttrain.chat_data import BadRow, check_messages, read_rows
 from olmolab.posttrain.config import RLVRConfig
 from olmolab.posttrain.engine import PostTrainer
 from olmolab.posttrain.grpo import group_advantages, grpo_token_loss, rewards_of
-from olmolab.posttrain.verifiers import VERIFIERS, verifier_for
+from olmolab.posttrain.verifiers import verifier_for
 from olmolab.train import distributed as dist_utils
 
 # ---------------------------------------------------------------------- the data
@@ -64,8 +65,10 @@ def rlvr_row(row: Any) -> tuple[list, Any, str]:
     messages = check_messages(row["messages"])
     if messages[-1]["role"] == "assistant":
         raise BadRow("the prompt must not end with an assistant turn: the model writes that")
-    if row["dataset"] not in VERIFIERS:
-        raise BadRow(f"no verifier named {row['dataset']!r} (known: {', '.join(sorted(VERIFIERS))})")
+    try:
+        verifier_for(row["dataset"])
+    except UserError as e:
+        raise BadRow(str(e)) from e
     return messages, row["ground_truth"], row["dataset"]
 
 
@@ -121,6 +124,9 @@ class RLVRTrainer(PostTrainer):
         return {"prompt_index": torch.as_tensor(items)}
 
     def _build_data(self) -> None:
+        if self.config.trainer.distributed == "fsdp":
+            raise UserError("trainer.distributed=fsdp: rlvr samples from the whole model on every rank, which "
+                            "FSDP's sharded weights do not allow yet; use trainer.distributed=ddp")
         super()._build_data()
         # The reference is the frozen starting model. Building it must not draw from the RNG
         # that sampling uses: a resumed run would sample differently.

@@ -32,7 +32,9 @@ VERIFIERS: dict[str, Verifier] = {}
 
 
 def register_verifier(name: str) -> Callable[[Verifier], Verifier]:
-    """Decorator: rows with `"dataset": name` are scored by the decorated function."""
+    """Decorator: rows with `"dataset": name` are scored by the decorated function. Names are
+    case-insensitive (open-instruct's RLVR sets say "MATH" for `math`)."""
+    name = name.lower()
 
     def add(function: Verifier) -> Verifier:
         if name in VERIFIERS and VERIFIERS[name] is not function:
@@ -45,10 +47,10 @@ def register_verifier(name: str) -> Callable[[Verifier], Verifier]:
 
 def verifier_for(name: str) -> Verifier:
     """The verifier registered as `name` (a row's `dataset` field)."""
-    if name not in VERIFIERS:
+    if not isinstance(name, str) or name.lower() not in VERIFIERS:
         raise UserError(f"no verifier named {name!r}; known: {', '.join(sorted(VERIFIERS))} "
                         "(add one with @olmolab.posttrain.verifiers.register_verifier)")
-    return VERIFIERS[name]
+    return VERIFIERS[name.lower()]
 
 
 # ---------------------------------------------------------------------- GSM8K
