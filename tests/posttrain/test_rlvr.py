@@ -113,6 +113,8 @@ def test_rlvr_run_logs_rewards_kl_and_timing_writes_samples_and_revisions(rlvr_c
     assert [s["step"] for s in samples] == [1, 1, 2, 2]
     assert samples[0]["prompt"].endswith("<|assistant|>\n") and samples[0]["reward"] in (0.0, 10.0)
     assert [r.step for r in list_revisions(tmp_path / "rlvr")] == [1, 2]
+    assert main(["plot", str(tmp_path / "rlvr"), "--out", str(tmp_path / "curves.png")]) == 0
+    assert (tmp_path / "curves.png").stat().st_size > 0
 
 
 def test_a_resumed_run_samples_and_trains_exactly_as_the_uninterrupted_one(rlvr_config, tmp_path, monkeypatch):

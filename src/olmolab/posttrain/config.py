@@ -1,7 +1,7 @@
-"""Post-training run configs: `olmolab sft CONFIG.yaml` and `olmolab dpo CONFIG.yaml`.
+"""Post-training run configs: `olmolab sft`, `olmolab dpo` and `olmolab rlvr CONFIG.yaml`.
 
 The same sections as a pretraining run (`trainer`, `optim`, `scheduler`, optional `model`) plus
-the method's own section (`sft:` or `dpo:`) in place of `data:`:
+the method's own section (`sft:`, `dpo:` or `rlvr:`) in place of `data:`:
 
     sft:
       paths: [data/chat.jsonl.gz]

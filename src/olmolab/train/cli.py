@@ -136,6 +136,10 @@ def _plot(args) -> int:
     train_rows = [r for r in rows if "loss" in r]
     eval_keys = sorted({k for r in rows for k in r if k.startswith("eval/")})
     panels = [("loss", "training loss"), ("lr", "learning rate"), ("grad_norm", "grad norm")]
+    # RL runs (olmolab rlvr) also log what they are rewarded for and how far they drift from the reference
+    panels += [(key, title) for key, title in (("reward/mean", "reward (mean)"), ("accuracy", "verifier accuracy"),
+                                               ("kl", "KL(policy || reference)"), ("response_length", "response length"))
+               if train_rows and key in train_rows[0]]
     fig, axes = plt.subplots(1, len(panels) + bool(eval_keys), figsize=(5 * (len(panels) + bool(eval_keys)), 4))
     for ax, (key, title) in zip(axes, panels, strict=False):
         ax.plot([r["step"] for r in train_rows], [r[key] for r in train_rows])
