@@ -160,3 +160,23 @@ def test_the_official_1b_recipe_carries_the_published_grpo_hyperparameters():
     assert (rlvr.samples_per_prompt, config.trainer.global_batch_size, rlvr.response_length) == (16, 48, 2048)
     assert (rlvr.temperature, rlvr.verification_reward, rlvr.cutoff_reward) == (1.0, 10.0, 0.0)
     assert (rlvr.clip_low, rlvr.clip_high, rlvr.advantage_normalization) == (0.2, 0.272, "centered")
+
+
+@pytest.mark.slow
+def test_grpo_steps_on_the_engine_raise_the_reward_of_a_tiny_model(rlvr_config, tmp_path, monkeypatch):
+    """From a random tiny model that says "1" in about one response in ten, GRPO pushes it to
+    say it (nearly) always, while KL to the reference grows."""
+    monkeypatch.setitem(verifiers.VERIFIERS, "says_one", says_one)
+    data = write_jsonl(tmp_path / "ones.jsonl", [{"messages": [{"role": "user", "content": f"Say {i}."}],
+                                                  "ground_truth": "1", "dataset": "says_one"} for i in range(8)])
+    config = rlvr_config(rlvr={"paths": [data], "samples_per_prompt": 8, "response_length": 4, "sample_interval": 0},
+                         global_batch_size=4, micro_batch_size=2, max_steps=16, save_interval=0)
+    raw = yaml.safe_load(config.read_text())
+    raw["optim"]["lr"] = 1e-2
+    config.write_text(yaml.safe_dump(raw))
+    assert main(["rlvr", str(config)]) == 0
+    rows = [r for r in read_metrics(tmp_path / "rlvr") if "loss" in r]
+    first, last = rows[:3], rows[-3:]
+    assert sum(r["accuracy"] for r in first) / 3 < 0.3
+    assert sum(r["accuracy"] for r in last) / 3 > 0.8
+    assert last[-1]["kl"] > first[0]["kl"]

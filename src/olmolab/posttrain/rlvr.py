@@ -197,9 +197,11 @@ class RLVRTrainer(PostTrainer):
 
     def forward_backward(self, batch: dict) -> dict:
         section: RLVRConfig = self.config.data
-        trained = (batch["labels"] != IGNORE_INDEX) & batch["kept"][:, None]  # dropped groups train nothing
+        responses = batch["labels"] != IGNORE_INDEX
+        trained = responses & batch["kept"][:, None]  # dropped groups train nothing
         trained_tokens = dist_utils.all_reduce_sum(trained.sum().float())
         global_tokens = trained_tokens.clamp(min=1)
+        response_tokens = dist_utils.all_reduce_sum(responses.sum().float()).clamp(min=1)
         if batch["old_logps"] is None and section.updates_per_rollout > 1:
             with torch.no_grad():  # the sampling policy's, before the first update changes it
                 batch["old_logps"] = self._logps_in_micro_batches(batch)
@@ -212,11 +214,13 @@ class RLVRTrainer(PostTrainer):
             mask = trained[rows]
             # DDP / FSDP average the ranks' gradients: each rank divides by its share of the tokens.
             loss = (out.loss * mask).sum() / (global_tokens / self.world_size)
-            logged = torch.stack([(term * mask).sum() for term in (out.loss, out.policy, out.kl, out.clipped.float())])
-            return loss, logged.detach()
+            logged = [(term * mask).sum() for term in (out.loss, out.policy, out.clipped.float())]
+            # KL over every response, dropped groups' too: how far the policy has drifted
+            return loss, torch.stack([*logged, (out.kl * responses[rows]).sum()]).detach()
 
-        loss, policy, kl, clipped = (self._accumulate_groups(micro_loss) / global_tokens).tolist()
-        return {"loss": loss, "policy_loss": policy, "kl": kl, "clip_fraction": clipped,
+        sums = self._accumulate_groups(micro_loss)
+        loss, policy, clipped = (sums[:3] / global_tokens).tolist()
+        return {"loss": loss, "policy_loss": policy, "clip_fraction": clipped, "kl": (sums[3] / response_tokens).item(),
                 "trained_tokens": trained_tokens.item()}
 
     def _accumulate_groups(self, micro_loss) -> Tensor:
