@@ -100,7 +100,8 @@ class DPOConfig(ChatDataConfig):
 class RLVRConfig(ChatDataConfig):
     """GRPO on prompts with verifiable answers (see olmolab.posttrain.rlvr). trainer.global_batch_size
     is the number of prompts per rollout; max_seq_len bounds prompt + response, and a prompt that
-    leaves no room for response_length tokens is dropped (counted), never truncated."""
+    leaves no room for response_length tokens is dropped (counted), never truncated. `seed` seeds the
+    sampling too, with the step and the rank."""
 
     samples_per_prompt: int = 16
     """G: responses sampled per prompt (a group)."""

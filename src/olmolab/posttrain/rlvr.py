@@ -15,8 +15,8 @@ share of the step's prompts (trainer.global_batch_size of them) and
 3. takes `updates_per_rollout` optimizer steps on GRPO's per-token loss (olmolab.posttrain.grpo),
    with the reference log-probs from the frozen starting model (trainer.load_path).
 
-Sampling draws from torch's global RNG, which every revision saves, so a resumed run samples
-what the uninterrupted run would have. Logged per step: reward mean/std, verifier accuracy,
+Sampling is seeded by (rlvr.seed, step, rank): ranks draw different samples, and a resumed run
+samples what the uninterrupted run would have. Logged per step: reward mean/std, verifier accuracy,
 response length, the share cut off before EOS, dropped groups, KL, clip fraction, policy loss,
 and the seconds spent generating (with scoring and the reference) and learning; every
 `sample_interval` steps a few responses go to RUN_DIR/samples.jsonl.
@@ -128,8 +128,8 @@ class RLVRTrainer(PostTrainer):
             raise UserError("trainer.distributed=fsdp: rlvr samples from the whole model on every rank, which "
                             "FSDP's sharded weights do not allow yet; use trainer.distributed=ddp")
         super()._build_data()
-        # The reference is the frozen starting model. Building it must not draw from the RNG
-        # that sampling uses: a resumed run would sample differently.
+        # The reference is the frozen starting model. Building it leaves the global RNG as it was,
+        # so that a resumed run's RNG state is the one its revision saved.
         with torch.random.fork_rng(devices=[]):
             self.reference = io.load_model(self.config.trainer.load_path, device=self.device).eval()
         self.reference.requires_grad_(False)
@@ -164,7 +164,7 @@ class RLVRTrainer(PostTrainer):
         eos = self.config.model.eos_token_id
         responses = generate(policy, [p.ids.tolist() for p in prompts], GenerationConfig(
             max_new_tokens=section.response_length, temperature=section.temperature, top_p=section.top_p,
-            eos_token_id=eos))
+            eos_token_id=eos, seed=self.sampling_seed()))
         finished = torch.tensor([len(r) > 0 and r[-1] == eos for r in responses])
         texts = [self.tokenizer.decode(r[:-1] if f else r) for r, f in zip(responses, finished.tolist(), strict=True)]
         scores = torch.tensor([verifier_for(p.dataset)(text, p.ground_truth) for p, text in zip(prompts, texts, strict=True)],
@@ -194,6 +194,10 @@ class RLVRTrainer(PostTrainer):
         batch = {"input_ids": input_ids, "labels": labels, "ref_logps": ref_logps, "old_logps": None,
                  "advantages": advantages.flatten().to(self.device), "kept": kept.repeat_interleave(group).to(self.device)}
         return batch, stats
+
+    def sampling_seed(self) -> int:
+        """The seed of this step's sampling on this rank: a pure function of the run's position."""
+        return int(np.random.SeedSequence([self.config.data.seed, self.state.step, self.rank]).generate_state(1)[0])
 
     def forward_backward(self, batch: dict) -> dict:
         section: RLVRConfig = self.config.data
