@@ -180,3 +180,16 @@ def test_grpo_steps_on_the_engine_raise_the_reward_of_a_tiny_model(rlvr_config, 
     assert sum(r["accuracy"] for r in first) / 3 < 0.3
     assert sum(r["accuracy"] for r in last) / 3 > 0.8
     assert last[-1]["kl"] > first[0]["kl"]
+
+
+@pytest.mark.slow
+def test_rlvr_under_torchrun_ddp_splits_the_prompts_between_ranks(rlvr_config, tmp_path):
+    from .test_engine import torchrun
+
+    config = rlvr_config(rlvr={"sample_interval": 0}, distributed="ddp", global_batch_size=4, max_steps=2,
+                         save_interval=2)
+    torchrun("rlvr", config)
+    rows = [r for r in read_metrics(tmp_path / "rlvr") if "loss" in r]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert [r["groups"] for r in rows] == [4, 4]  # the logged counts are the global batch's
+    assert [r.step for r in list_revisions(tmp_path / "rlvr")] == [2]

@@ -190,7 +190,7 @@ class RLVRTrainer(PostTrainer):
         reward_mean = reward_sum / n
         stats = {"reward/mean": reward_mean, "reward/std": max(reward_sq / n - reward_mean**2, 0.0) ** 0.5,
                  "accuracy": score_sum / n, "response_length": length_sum / n, "cutoff_fraction": cut / n,
-                 "groups/dropped": dropped, "groups/dropped_fraction": dropped / groups}
+                 "groups": groups, "groups/dropped": dropped, "groups/dropped_fraction": dropped / groups}
         batch = {"input_ids": input_ids, "labels": labels, "ref_logps": ref_logps, "old_logps": None,
                  "advantages": advantages.flatten().to(self.device), "kept": kept.repeat_interleave(group).to(self.device)}
         return batch, stats
