@@ -2,6 +2,7 @@
 
 import json
 import random
+from collections import Counter
 
 import pytest
 import torch
@@ -9,7 +10,8 @@ import yaml
 
 from olmolab.cli import main
 from olmolab.posttrain import verifiers
-from olmolab.posttrain.rlvr import response_batch, token_logps
+from olmolab.posttrain.chat_data import BadRow
+from olmolab.posttrain.rlvr import response_batch, rlvr_row, token_logps, tokenize_prompts
 from olmolab.train.checkpoint import list_revisions
 from olmolab.train.metrics import read_metrics
 
@@ -139,6 +141,26 @@ def test_a_resumed_run_samples_and_trains_exactly_as_the_uninterrupted_one(rlvr_
 
     assert run("stopped") == run("straight")
     assert any(r["groups/dropped_fraction"] < 1 for r in read_metrics(tmp_path / "straight") if "loss" in r)
+
+
+@pytest.mark.parametrize(("row", "error"), [
+    ({"messages": [{"role": "user", "content": "2+2?"}], "dataset": "gsm8k"}, "'ground_truth'"),
+    ({"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}],
+      "ground_truth": "4", "dataset": "gsm8k"}, "must not end with an assistant turn"),
+    ({"messages": [{"role": "user", "content": "2+2?"}], "ground_truth": "4", "dataset": 7}, "no verifier named 7"),
+])
+def test_a_bad_prompt_row_says_what_is_wrong(row, error):
+    with pytest.raises(BadRow, match=error):
+        rlvr_row(row)
+
+
+def test_a_prompt_too_long_for_a_response_is_dropped_and_counted(chat_tokenizer):
+    rows = [([{"role": "user", "content": "What is 1 + 2?"}], "3", "gsm8k"),
+            ([{"role": "user", "content": "What is 1 + 2? " * 20}], "3", "gsm8k")]
+    counts = Counter()
+    prompts = tokenize_prompts(rows, chat_tokenizer, max_prompt_len=40, counts=counts)
+    assert len(prompts) == 1 and counts["dropped_overlong"] == 1
+    assert chat_tokenizer.decode(prompts[0].ids).endswith("<|assistant|>\n")  # ready for the model's turn
 
 
 def test_an_unknown_verifier_is_an_error_naming_the_line(rlvr_config, tmp_path, capsys):
