@@ -18,7 +18,8 @@ share of the step's prompts (trainer.global_batch_size of them) and
 Sampling is seeded by (rlvr.seed, step, rank): ranks draw different samples, and a resumed run
 samples what the uninterrupted run would have. Logged per step: reward mean/std, verifier accuracy,
 response length, the share cut off before EOS, dropped groups, KL, clip fraction, policy loss,
-and the seconds spent generating (with scoring and the reference) and learning; every
+the seconds spent on the rollout (sampling, scoring, the reference) and on learning, and
+sampling's own seconds and tokens/s (per rank); every
 `sample_interval` steps a few responses go to RUN_DIR/samples.jsonl.
 """
 
@@ -160,11 +161,13 @@ class RLVRTrainer(PostTrainer):
         group = section.samples_per_prompt
         prompts = [self.examples[i] for i in items for _ in range(group)]
         policy = dist_utils.unwrap(self.model)
-        forget_derived_weights(policy)  # the optimizer changed the weights in place since the last rollout
         eos = self.config.model.eos_token_id
+        start = time.perf_counter()
+        forget_derived_weights(policy)  # the optimizer changed the weights in place since the last rollout
         responses = generate(policy, [p.ids.tolist() for p in prompts], GenerationConfig(
             max_new_tokens=section.response_length, temperature=section.temperature, top_p=section.top_p,
             eos_token_id=eos, seed=self.sampling_seed()))
+        sampling_s = time.perf_counter() - start
         finished = torch.tensor([len(r) > 0 and r[-1] == eos for r in responses])
         texts = [self.tokenizer.decode(r[:-1] if f else r) for r, f in zip(responses, finished.tolist(), strict=True)]
         scores = torch.tensor([verifier_for(p.dataset)(text, p.ground_truth) for p, text in zip(prompts, texts, strict=True)],
@@ -190,6 +193,7 @@ class RLVRTrainer(PostTrainer):
         reward_mean = reward_sum / n
         stats = {"reward/mean": reward_mean, "reward/std": max(reward_sq / n - reward_mean**2, 0.0) ** 0.5,
                  "accuracy": score_sum / n, "response_length": length_sum / n, "cutoff_fraction": cut / n,
+                 "time/sampling_s": sampling_s, "sampled_tokens_per_s": length_sum / self.world_size / sampling_s,
                  "groups": groups, "groups/dropped": dropped, "groups/dropped_fraction": dropped / groups}
         batch = {"input_ids": input_ids, "labels": labels, "ref_logps": ref_logps, "old_logps": None,
                  "advantages": advantages.flatten().to(self.device), "kept": kept.repeat_interleave(group).to(self.device)}
