@@ -177,27 +177,27 @@ class RLVRTrainer(PostTrainer):
 
         input_ids, labels = response_batch([p.ids for p in prompts], responses, self.config.model.pad_token_id)
         input_ids, labels = input_ids.to(self.device), labels.to(self.device)
-        micro = self.config.trainer.micro_batch_size * group
-        ref_logps = torch.cat([token_logps(self.reference, input_ids[i : i + micro], labels[i : i + micro])
-                               for i in range(0, len(input_ids), micro)])
+        batch = {"input_ids": input_ids, "labels": labels, "old_logps": None,
+                 "advantages": advantages.flatten().to(self.device), "kept": kept.repeat_interleave(group).to(self.device)}
+        batch["ref_logps"] = self._logps_in_micro_batches(self.reference, batch)
         self.rollout_positions = input_ids.numel() * self.world_size
         if self.rank == 0 and section.sample_interval and (self.state.step + 1) % section.sample_interval == 0:
             self._write_samples(prompts, texts, scores, rewards)
-
         lengths = torch.tensor([len(r) for r in responses], dtype=torch.float32)
+        return batch, self._rollout_stats(rewards, scores, lengths, finished, kept) | {
+            "time/sampling_s": sampling_s, "sampled_tokens_per_s": lengths.sum().item() / sampling_s}
+
+    def _rollout_stats(self, rewards: Tensor, scores: Tensor, lengths: Tensor, finished: Tensor, kept: Tensor) -> dict:
+        """Means over every response of the step (all ranks), and the counts of groups."""
         sums = dist_utils.all_reduce_sum(torch.stack([
-            torch.tensor(float(len(responses))), rewards.sum(), (rewards**2).sum(), scores.sum(), lengths.sum(),
+            torch.tensor(float(len(rewards))), rewards.sum(), (rewards**2).sum(), scores.sum(), lengths.sum(),
             (~finished).float().sum(), (~kept).float().sum(), torch.tensor(float(len(kept))),
         ]).to(self.device)).tolist()
         n, reward_sum, reward_sq, score_sum, length_sum, cut, dropped, groups = sums
         reward_mean = reward_sum / n
-        stats = {"reward/mean": reward_mean, "reward/std": max(reward_sq / n - reward_mean**2, 0.0) ** 0.5,
-                 "accuracy": score_sum / n, "response_length": length_sum / n, "cutoff_fraction": cut / n,
-                 "time/sampling_s": sampling_s, "sampled_tokens_per_s": length_sum / self.world_size / sampling_s,
-                 "groups": groups, "groups/dropped": dropped, "groups/dropped_fraction": dropped / groups}
-        batch = {"input_ids": input_ids, "labels": labels, "ref_logps": ref_logps, "old_logps": None,
-                 "advantages": advantages.flatten().to(self.device), "kept": kept.repeat_interleave(group).to(self.device)}
-        return batch, stats
+        return {"reward/mean": reward_mean, "reward/std": max(reward_sq / n - reward_mean**2, 0.0) ** 0.5,
+                "accuracy": score_sum / n, "response_length": length_sum / n, "cutoff_fraction": cut / n,
+                "groups": groups, "groups/dropped": dropped, "groups/dropped_fraction": dropped / groups}
 
     def sampling_seed(self) -> int:
         """The seed of this step's sampling on this rank: a pure function of the run's position."""
@@ -211,8 +211,8 @@ class RLVRTrainer(PostTrainer):
         global_tokens = trained_tokens.clamp(min=1)
         response_tokens = dist_utils.all_reduce_sum(responses.sum().float()).clamp(min=1)
         if batch["old_logps"] is None and section.updates_per_rollout > 1:
-            with torch.no_grad():  # the sampling policy's, before the first update changes it
-                batch["old_logps"] = self._logps_in_micro_batches(batch)
+            # the sampling policy's, before the first update changes it
+            batch["old_logps"] = self._logps_in_micro_batches(self.model, batch)
 
         def micro_loss(rows: slice):
             logps = token_logps(self.model, batch["input_ids"][rows], batch["labels"][rows])
@@ -236,10 +236,13 @@ class RLVRTrainer(PostTrainer):
         group = self.config.data.samples_per_prompt
         return self.accumulate(lambda rows: micro_loss(slice(rows.start * group, rows.stop * group)))
 
-    def _logps_in_micro_batches(self, batch: dict) -> Tensor:
+    @torch.no_grad()
+    def _logps_in_micro_batches(self, model, batch: dict) -> Tensor:
+        """`token_logps` of the whole batch under `model`, in the training's micro-batches and precision."""
         micro = self.config.trainer.micro_batch_size * self.config.data.samples_per_prompt
-        return torch.cat([token_logps(self.model, batch["input_ids"][i : i + micro], batch["labels"][i : i + micro])
-                          for i in range(0, len(batch["input_ids"]), micro)])
+        with self._autocast():
+            return torch.cat([token_logps(model, batch["input_ids"][i : i + micro], batch["labels"][i : i + micro])
+                              for i in range(0, len(batch["input_ids"]), micro)])
 
     def _write_samples(self, prompts: list[Prompt], texts: list[str], scores: Tensor, rewards: Tensor) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
