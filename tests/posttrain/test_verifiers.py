@@ -81,6 +81,18 @@ def test_math_scores_the_boxed_or_final_answer(response, ground_truth, score, mo
     assert math_verifier(response, ground_truth) == score
 
 
+def test_without_math_verify_equal_values_written_differently_do_not_match(monkeypatch):
+    monkeypatch.setattr(verifiers, "_math_verify", lambda: None)
+    assert math_verifier(r"the probability is $\boxed{0.5}$", r"\frac{1}{2}") == 0.0
+
+
+def test_with_math_verify_equal_values_written_differently_match():
+    pytest.importorskip("math_verify")  # the optional `math` extra
+    assert math_verifier(r"the probability is $\boxed{0.5}$", r"\frac{1}{2}") == 1.0
+    assert math_verifier(r"so $x \in \boxed{[2, 5)}$", "[2,5)") == 1.0
+    assert math_verifier(r"the probability is $\boxed{0.4}$", r"\frac{1}{2}") == 0.0
+
+
 def test_a_user_registers_a_verifier_in_a_few_lines(monkeypatch):
     monkeypatch.setattr(verifiers, "VERIFIERS", dict(verifiers.VERIFIERS))
 
