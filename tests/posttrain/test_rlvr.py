@@ -117,6 +117,8 @@ def test_rlvr_run_logs_rewards_kl_and_timing_writes_samples_and_revisions(rlvr_c
     assert [r.step for r in list_revisions(tmp_path / "rlvr")] == [1, 2]
     assert main(["plot", str(tmp_path / "rlvr"), "--out", str(tmp_path / "curves.png")]) == 0
     assert (tmp_path / "curves.png").stat().st_size > 0
+    assert main(["export", "hf", str(tmp_path / "rlvr"), str(tmp_path / "hf")]) == 0
+    assert (tmp_path / "hf" / "config.json").is_file()
 
 
 def test_a_resumed_run_samples_and_trains_exactly_as_the_uninterrupted_one(rlvr_config, tmp_path, monkeypatch):
