@@ -1,4 +1,4 @@
-"""`olmolab sft`, `olmolab dpo` and `olmolab chat`."""
+"""`olmolab sft`, `olmolab dpo`, `olmolab rlvr` and `olmolab chat`."""
 
 from __future__ import annotations
 
@@ -39,11 +39,23 @@ examples:
 Type a message and press Enter. /reset starts a new conversation (the system message stays);
 /quit or Ctrl-D ends."""
 
+RLVR_EXAMPLES = """\
+examples:
+  olmolab rlvr rlvr.yaml
+  olmolab rlvr rlvr.yaml --load-path runs/sft --run-dir runs/rlvr --rlvr.samples_per_prompt=8
+
+The config has an `rlvr:` section (paths of JSONL {"messages", "ground_truth", "dataset"} prompts,
+samples_per_prompt, response_length, beta, ...); trainer.global_batch_size is the number of prompts
+per step, and trainer.load_path the model to start from, which is also the frozen reference.
+Sampled responses go to RUN_DIR/samples.jsonl. See configs/official/olmo2-1b-rlvr.yaml."""
+
 
 def register(subparsers) -> None:
     for method, summary, examples in (
         ("sft", "supervised fine-tuning on chat data (assistant turns only)", SFT_EXAMPLES),
         ("dpo", "direct preference optimisation on chosen / rejected conversations", DPO_EXAMPLES),
+        ("rlvr", "reinforcement learning with verifiable rewards (GRPO) on prompts with checkable answers",
+         RLVR_EXAMPLES),
     ):
         p = add_command(subparsers, method, summary, examples=examples)
         p.add_argument("config", help="the run config (YAML)")
@@ -73,6 +85,10 @@ def trainer_class(method: str):
         from olmolab.posttrain.sft import SFTTrainer
 
         return SFTTrainer
+    if method == "rlvr":
+        from olmolab.posttrain.rlvr import RLVRTrainer
+
+        return RLVRTrainer
     from olmolab.posttrain.dpo import DPOTrainer
 
     return DPOTrainer

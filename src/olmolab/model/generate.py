@@ -145,7 +145,9 @@ def _one_row_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
 
 def _derived_weight(module: nn.Linear, kind: str) -> Tensor:
     """`module.weight` laid out for `kind`, kept with the module and rebuilt when the weight
-    changes (a new tensor, or an in-place update such as an optimizer step)."""
+    changes: a new tensor, or an in-place update that bumps its version counter. The fused
+    AdamW step (the trainer's) does not bump it: code that trains between generations calls
+    `forget_derived_weights` first."""
     weight = module.weight
     key = (weight.data_ptr(), weight._version, kind)
     cached = _DERIVED.get(module)
@@ -155,6 +157,14 @@ def _derived_weight(module: nn.Linear, kind: str) -> Tensor:
             derived = w.t().contiguous() if kind == "transposed" else torch.ops.mkldnn._reorder_linear_weight(w, 8)
         _DERIVED[module] = cached = (weakref.ref(weight), key, derived)
     return cached[2]
+
+
+def forget_derived_weights(model: nn.Module) -> None:
+    """Drop the model's cached weight layouts (`_derived_weight`); the next generation rebuilds
+    them from the current weights. Needed after an optimizer step that leaves the weights'
+    version counters alone (torch's fused AdamW), or generation would use the old weights."""
+    for module in model.modules():
+        _DERIVED.pop(module, None)
 
 
 def _transposed_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:

@@ -1,7 +1,7 @@
-"""Post-training run configs: `olmolab sft CONFIG.yaml` and `olmolab dpo CONFIG.yaml`.
+"""Post-training run configs: `olmolab sft`, `olmolab dpo` and `olmolab rlvr CONFIG.yaml`.
 
 The same sections as a pretraining run (`trainer`, `optim`, `scheduler`, optional `model`) plus
-the method's own section (`sft:` or `dpo:`) in place of `data:`:
+the method's own section (`sft:`, `dpo:` or `rlvr:`) in place of `data:`:
 
     sft:
       paths: [data/chat.jsonl.gz]
@@ -95,7 +95,51 @@ class DPOConfig(ChatDataConfig):
             raise UserError(f"{section}.label_smoothing={self.label_smoothing}: must be in [0, 0.5)")
 
 
-METHODS = {"sft": SFTConfig, "dpo": DPOConfig}
+@dataclass
+class RLVRConfig(ChatDataConfig):
+    """GRPO on prompts with verifiable answers (see olmolab.posttrain.rlvr). trainer.global_batch_size
+    is the number of prompts per rollout; max_seq_len bounds prompt + response, and a prompt that
+    leaves no room for response_length tokens is dropped (counted), never truncated. `seed` seeds the
+    sampling too, with the step and the rank."""
+
+    samples_per_prompt: int = 16
+    """G: responses sampled per prompt (a group)."""
+    response_length: int = 256
+    """At most this many response tokens; a response still going then is cut off."""
+    temperature: float = 1.0
+    top_p: float | None = None
+    verification_reward: float = 10.0
+    """Reward = verifier score (0-1) × this."""
+    cutoff_reward: float | None = None
+    """The reward of a response cut off before EOS, replacing its score's (OLMo 2's PPO: -10); None = scored as any."""
+    advantage_normalization: Literal["centered", "standard"] = "centered"
+    """centered: reward - group mean; standard: also ÷ the group's std."""
+    beta: float = 0.01
+    """Weight of KL(policy ‖ reference) in the loss (OLMo 2 1B: 0.01)."""
+    clip_low: float = 0.2
+    clip_high: float = 0.272
+    updates_per_rollout: int = 1
+    """Optimizer steps on each rollout batch (after the first, the policy ratio differs from 1)."""
+    sample_interval: int = 10
+    """Every this many steps, a few responses go to RUN_DIR/samples.jsonl (0 = never)."""
+    samples_logged: int = 4
+
+    def validate(self, section: str) -> None:
+        super().validate(section)
+        if self.samples_per_prompt < 2:
+            raise UserError(f"{section}.samples_per_prompt={self.samples_per_prompt}: a group needs at least 2 "
+                            "responses to have an advantage")
+        if not 0 < self.response_length < self.max_seq_len:
+            raise UserError(f"{section}.response_length={self.response_length}: must be in [1, max_seq_len)")
+        if self.temperature <= 0:
+            raise UserError(f"{section}.temperature={self.temperature}: GRPO samples; must be positive")
+        if self.beta < 0 or self.clip_low < 0 or self.clip_high < 0:
+            raise UserError(f"{section}: beta, clip_low and clip_high must not be negative")
+        if self.updates_per_rollout < 1:
+            raise UserError(f"{section}.updates_per_rollout={self.updates_per_rollout}: must be at least 1")
+
+
+METHODS = {"sft": SFTConfig, "dpo": DPOConfig, "rlvr": RLVRConfig}
 
 # Post-training's defaults where they differ from pretraining's (open-instruct's): no z-loss,
 # no gradient clipping, no weight decay.
@@ -106,9 +150,9 @@ OPTIM_DEFAULTS = {"weight_decay": 0.0}
 @dataclass
 class PostTrainConfig:
     method: str
-    """sft or dpo: names the section that `data` was read from."""
+    """sft, dpo or rlvr: names the section that `data` was read from."""
     model: ModelConfig
-    data: SFTConfig | DPOConfig
+    data: SFTConfig | DPOConfig | RLVRConfig
     trainer: TrainerConfig
     optim: OptimConfig
     scheduler: SchedulerConfig

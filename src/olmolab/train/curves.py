@@ -13,6 +13,11 @@ TRAINING_PANELS = {
     "loss": "training loss",
     "lr": "learning rate",
     "grad_norm": "grad norm",
+    # RL runs (olmolab rlvr) also log what they are rewarded for and how far they drift from the reference
+    "reward/mean": "reward (mean)",
+    "accuracy": "verifier accuracy",
+    "kl": "KL(policy || reference)",
+    "response_length": "response length",
 }
 THROUGHPUT_PANELS = {
     "tokens_per_s": "tokens/s",

@@ -1,0 +1,219 @@
+"""`olmolab rlvr`: GRPO on the trainer's engine, end to end at toy size."""
+
+import json
+import random
+from collections import Counter
+
+import pytest
+import torch
+import yaml
+
+from olmolab.cli import main
+from olmolab.posttrain import verifiers
+from olmolab.posttrain.chat_data import BadRow
+from olmolab.posttrain.rlvr import response_batch, rlvr_row, token_logps, tokenize_prompts
+from olmolab.revisions import list_revisions
+from olmolab.train.metrics import read_metrics
+
+from ..train.test_trainer import final_weights
+from .conftest import MAX_SEQ_LEN, write_jsonl
+
+
+@pytest.fixture
+def rlvr_config(tmp_path, base_checkpoint):
+    """A function writing an `olmolab rlvr` config on arithmetic prompts checked by `gsm8k`."""
+    rng = random.Random(3)
+    rows = []
+    for _ in range(8):
+        a, b = rng.randint(0, 9), rng.randint(0, 9)
+        rows.append({"messages": [{"role": "user", "content": f"What is {a} + {b}?"}],
+                     "ground_truth": str(a + b), "dataset": "gsm8k"})
+    data = write_jsonl(tmp_path / "prompts.jsonl", rows)
+
+    def make(name="rlvr.yaml", rlvr=None, **trainer):
+        raw = {
+            "rlvr": {"paths": [data], "max_seq_len": MAX_SEQ_LEN, "samples_per_prompt": 4, "response_length": 6,
+                     "sample_interval": 1, "samples_logged": 2} | (rlvr or {}),
+            "trainer": {"load_path": str(base_checkpoint), "run_dir": str(tmp_path / "rlvr"), "global_batch_size": 2,
+                        "micro_batch_size": 1, "max_steps": 2, "save_interval": 1, "progress": False,
+                        "peak_flops": 1e11} | trainer,
+            "optim": {"lr": 1e-3},
+            "scheduler": {"name": "constant"},
+        }
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(raw))
+        return path
+
+    return make
+
+
+def test_response_labels_are_the_response_tokens_only():
+    import numpy as np
+
+    ids, labels = response_batch([np.array([5, 6, 7]), np.array([5, 6])], [[8, 9], [10, 11, 12]], pad_id=1)
+    assert ids.tolist() == [[5, 6, 7, 8, 9], [5, 6, 10, 11, 12]]
+    assert labels.tolist() == [[-100, -100, 8, 9, -100], [-100, 10, 11, 12, -100]]
+
+
+def test_token_logps_are_the_full_forwards_log_probs_of_the_labels():
+    from olmolab import ModelConfig, Transformer
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.preset("olmo2-tiny")).eval()
+    ids = torch.randint(2, 100, (2, 6))
+    labels = torch.full_like(ids, -100)
+    labels[0, 2:5], labels[1, 1:3] = ids[0, 3:6], ids[1, 2:4]
+    with torch.no_grad():
+        full = model(ids).float().log_softmax(-1)
+        got = token_logps(model, ids, labels)
+    mask = labels != -100
+    expected = full.gather(2, labels.clamp(min=0)[..., None]).squeeze(-1) * mask
+    torch.testing.assert_close(got, expected)
+
+
+def says_one(response: str, ground_truth) -> float:
+    """A verifier an untrained model sometimes satisfies, so that groups have different rewards."""
+    return float("1" in response)
+
+
+def test_generation_after_a_fused_adamw_step_uses_the_new_weights():
+    """The fused AdamW step leaves the weights' version counters alone, so the decode kernels'
+    cached weight layouts must be dropped before each rollout (`forget_derived_weights`)."""
+    import copy
+
+    from olmolab import ModelConfig, Transformer
+    from olmolab.model.generate import GenerationConfig, forget_derived_weights, generate
+    from olmolab.train.optim import OptimConfig, build_optimizer
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.preset("olmo2-tiny"))
+    prompts, config = [[5, 6, 7], [8, 9, 10]], GenerationConfig(max_new_tokens=4, stop_at_eos=False)
+    generate(model, prompts, config)  # caches the layouts of the initial weights
+    optimizer = build_optimizer(model, OptimConfig(lr=0.5))
+    model(torch.tensor(prompts)).float().logsumexp(-1).mean().backward()
+    optimizer.step()
+    forget_derived_weights(model)
+    assert generate(model, prompts, config) == generate(copy.deepcopy(model), prompts, config)
+
+
+def test_rlvr_run_logs_rewards_kl_and_timing_writes_samples_and_revisions(rlvr_config, tmp_path, monkeypatch):
+    monkeypatch.setitem(verifiers.VERIFIERS, "says_one", says_one)
+    data = write_jsonl(tmp_path / "ones.jsonl", [{"messages": [{"role": "user", "content": f"Say {i}."}],
+                                                  "ground_truth": "1", "dataset": "says_one"} for i in range(4)])
+    config = rlvr_config(rlvr={"paths": [data], "updates_per_rollout": 2, "samples_per_prompt": 8})
+    assert main(["rlvr", str(config)]) == 0
+    rows = [r for r in read_metrics(tmp_path / "rlvr") if "loss" in r]
+    assert [r["step"] for r in rows] == [1, 2]
+    for row in rows:
+        for key in ("reward/mean", "reward/std", "accuracy", "response_length", "cutoff_fraction", "kl",
+                    "clip_fraction", "policy_loss", "groups/dropped", "time/generation_s", "time/learning_s"):
+            assert key in row, key
+        assert 0 < row["response_length"] <= 6 and 0 <= row["cutoff_fraction"] <= 1
+    # the second update of a rollout moved the policy away from the reference
+    assert rows[-1]["kl"] > 0
+    samples = [json.loads(line) for line in (tmp_path / "rlvr" / "samples.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in samples] == [1, 1, 2, 2]
+    assert samples[0]["prompt"].endswith("<|assistant|>\n") and samples[0]["reward"] in (0.0, 10.0)
+    assert [r.step for r in list_revisions(tmp_path / "rlvr")] == [1, 2]
+    assert main(["plot", str(tmp_path / "rlvr"), "--out", str(tmp_path / "curves.png")]) == 0
+    assert (tmp_path / "curves.png").stat().st_size > 0
+    assert main(["export", "hf", str(tmp_path / "rlvr"), str(tmp_path / "hf")]) == 0
+    assert (tmp_path / "hf" / "config.json").is_file()
+
+
+def test_a_resumed_run_samples_and_trains_exactly_as_the_uninterrupted_one(rlvr_config, tmp_path, monkeypatch):
+    """Stopped after its step-2 revision and started again, the run samples the same responses
+    (the sampling RNG is in the revision) and ends with the same weights, bit for bit."""
+    monkeypatch.setitem(verifiers.VERIFIERS, "says_one", says_one)
+    data = write_jsonl(tmp_path / "ones.jsonl", [{"messages": [{"role": "user", "content": f"Say {i}."}],
+                                                  "ground_truth": "1", "dataset": "says_one"} for i in range(4)])
+    rlvr = {"paths": [data], "samples_per_prompt": 8, "samples_logged": 16}
+    straight = rlvr_config("straight.yaml", rlvr=rlvr, run_dir=str(tmp_path / "straight"), max_steps=3, save_interval=2)
+    assert main(["rlvr", str(straight)]) == 0
+    stopped = rlvr_config("stopped.yaml", rlvr=rlvr, run_dir=str(tmp_path / "stopped"), max_steps=2, save_interval=2)
+    assert main(["rlvr", str(stopped)]) == 0
+    resumed = rlvr_config("resumed.yaml", rlvr=rlvr, run_dir=str(tmp_path / "stopped"), max_steps=3, save_interval=2)
+    assert main(["rlvr", str(resumed)]) == 0
+
+    def run(name):
+        rows = [r for r in read_metrics(tmp_path / name) if "loss" in r]
+        curve = [(r["step"], r["loss"], r["reward/mean"], r["response_length"], r["grad_norm"]) for r in rows]
+        samples = (tmp_path / name / "samples.jsonl").read_text()
+        return curve, samples, final_weights(tmp_path / name)
+
+    assert run("stopped") == run("straight")
+    assert any(r["groups/dropped_fraction"] < 1 for r in read_metrics(tmp_path / "straight") if "loss" in r)
+
+
+@pytest.mark.parametrize(("row", "error"), [
+    ({"messages": [{"role": "user", "content": "2+2?"}], "dataset": "gsm8k"}, "'ground_truth'"),
+    ({"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}],
+      "ground_truth": "4", "dataset": "gsm8k"}, "must not end with an assistant turn"),
+    ({"messages": [{"role": "user", "content": "2+2?"}], "ground_truth": "4", "dataset": 7}, "no verifier named 7"),
+])
+def test_a_bad_prompt_row_says_what_is_wrong(row, error):
+    with pytest.raises(BadRow, match=error):
+        rlvr_row(row)
+
+
+def test_a_prompt_too_long_for_a_response_is_dropped_and_counted(chat_tokenizer):
+    rows = [([{"role": "user", "content": "What is 1 + 2?"}], "3", "gsm8k"),
+            ([{"role": "user", "content": "What is 1 + 2? " * 20}], "3", "gsm8k")]
+    counts = Counter()
+    prompts = tokenize_prompts(rows, chat_tokenizer, max_prompt_len=40, counts=counts)
+    assert len(prompts) == 1 and counts["dropped_overlong"] == 1
+    assert chat_tokenizer.decode(prompts[0].ids).endswith("<|assistant|>\n")  # ready for the model's turn
+
+
+def test_an_unknown_verifier_is_an_error_naming_the_line(rlvr_config, tmp_path, capsys):
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"messages": [{"role": "user", "content": "hi"}],
+                                               "ground_truth": "1", "dataset": "gsm8k"},
+                                              {"messages": [{"role": "user", "content": "hi"}],
+                                               "ground_truth": "1", "dataset": "gsm9k"}])
+    assert main(["rlvr", str(rlvr_config(rlvr={"paths": [bad]}))]) != 0
+    assert "bad.jsonl:2: no verifier named 'gsm9k'; known: gsm8k, math" in capsys.readouterr().err
+
+
+def test_the_official_1b_recipe_carries_the_published_grpo_hyperparameters():
+    from olmolab.posttrain.config import load_post_train_config
+    from tests.conftest import REPO_ROOT
+
+    config = load_post_train_config("rlvr", REPO_ROOT / "configs/official/olmo2-1b-rlvr.yaml")
+    rlvr = config.data
+    assert (rlvr.beta, config.optim.lr, config.scheduler.name) == (0.01, 5e-7, "constant")
+    assert (rlvr.samples_per_prompt, config.trainer.global_batch_size, rlvr.response_length) == (16, 48, 2048)
+    assert (rlvr.temperature, rlvr.verification_reward, rlvr.cutoff_reward) == (1.0, 10.0, 0.0)
+    assert (rlvr.clip_low, rlvr.clip_high, rlvr.advantage_normalization) == (0.2, 0.272, "centered")
+
+
+@pytest.mark.slow
+def test_grpo_steps_on_the_engine_raise_the_reward_of_a_tiny_model(rlvr_config, tmp_path, monkeypatch):
+    """From a random tiny model that says "1" in about one response in ten, GRPO pushes it to
+    say it (nearly) always, while KL to the reference grows."""
+    monkeypatch.setitem(verifiers.VERIFIERS, "says_one", says_one)
+    data = write_jsonl(tmp_path / "ones.jsonl", [{"messages": [{"role": "user", "content": f"Say {i}."}],
+                                                  "ground_truth": "1", "dataset": "says_one"} for i in range(8)])
+    config = rlvr_config(rlvr={"paths": [data], "samples_per_prompt": 8, "response_length": 4, "sample_interval": 0},
+                         global_batch_size=4, micro_batch_size=2, max_steps=16, save_interval=None)
+    raw = yaml.safe_load(config.read_text())
+    raw["optim"]["lr"] = 1e-2
+    config.write_text(yaml.safe_dump(raw))
+    assert main(["rlvr", str(config)]) == 0
+    rows = [r for r in read_metrics(tmp_path / "rlvr") if "loss" in r]
+    first, last = rows[:3], rows[-3:]
+    assert sum(r["accuracy"] for r in first) / 3 < 0.3
+    assert sum(r["accuracy"] for r in last) / 3 > 0.8
+    assert last[-1]["kl"] > first[0]["kl"]
+
+
+@pytest.mark.slow
+def test_rlvr_under_torchrun_ddp_splits_the_prompts_between_ranks(rlvr_config, tmp_path):
+    from .test_engine import torchrun
+
+    config = rlvr_config(rlvr={"sample_interval": 0}, distributed="ddp", global_batch_size=4, max_steps=2,
+                         save_interval=2)
+    torchrun("rlvr", config)
+    rows = [r for r in read_metrics(tmp_path / "rlvr") if "loss" in r]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert [r["groups"] for r in rows] == [4, 4]  # the logged counts are the global batch's
+    assert [r.step for r in list_revisions(tmp_path / "rlvr")] == [2]
