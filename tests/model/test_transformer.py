@@ -20,8 +20,8 @@ def test_logits_have_shape_batch_seq_padded_vocab(name):
 
 
 def test_every_projection_runs_through_its_linear_module():
-    """Decoding swaps the modules' kernels (generate.cpu_linear_kernels): a projection computed
-    from the bare weight would silently miss that."""
+    """Decoding multiplies each module's weight from its own copy (`kernels.decode_linear`, found
+    by the weight the module passes): a projection computed another way would silently miss that."""
     model = tiny()
     calls = []
     for module in model.modules():

@@ -14,6 +14,8 @@ Projections are fused the way OLMo stores them: one `w_qkv` matmul for queries, 
 values, and one `w_in` for the SwiGLU's up and gate halves. One larger matmul is faster than
 three small ones; `olmolab.convert.hf` splits them into Hugging Face's names.
 
+Each op is named by the formula it computes (`F.linear`, RMSNorm, RoPE, SwiGLU, causal SDPA);
+how it is computed on the machine at hand is `olmolab.kernels`' choice, asked through `kernel`.
 Distributed training wraps this module from outside (`olmolab.train.distributed`); nothing
 here knows about processes.
 """
@@ -27,20 +29,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from olmolab.model.causal_attention import causal_attention
+from olmolab.kernels import kernel
 from olmolab.model.config import ModelConfig
 from olmolab.model.loss import LMLoss, linear_cross_entropy
-from olmolab.model.ops import linear, rms_norm, rotary, swiglu
 
 
 class Linear(nn.Linear):
-    """A projection without bias; on CPU its matmuls take the faster kernel (`ops.linear`)."""
+    """A projection without bias: F.linear(x, weight)."""
 
     def __init__(self, in_features: int, out_features: int):
         super().__init__(in_features, out_features, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        return linear(x, self.weight)
+        return kernel("linear")(x, self.weight)
 
 
 class Norm(nn.Module):
@@ -56,7 +57,7 @@ class Norm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.kind == "rmsnorm":
-            return rms_norm(x, self.weight, self.eps)  # F.rms_norm with a leaner backward (ops.py)
+            return kernel("rms_norm")(x, self.weight, self.eps)  # F.rms_norm in fp32
         return F.layer_norm(x.float(), (self.size,), None, None, self.eps).to(x.dtype)
 
 
@@ -182,7 +183,8 @@ class Attention(nn.Module):
             q, k, v = (t.clamp(-self.clip_qkv, self.clip_qkv) for t in (q, k, v))
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        # RoPE rotates each (x_i, x_{i+hd/2}) feature pair by its position's angle (ops.py)
+        # RoPE rotates each (x_i, x_{i+hd/2}) feature pair by its position's angle
+        rotary = kernel("rotary")
         q = rotary(q.view(B, T, self.n_heads, self.head_dim), *rope)  # (B, T, nh, hd)
         k = rotary(k.view(B, T, self.n_kv_heads, self.head_dim), *rope)  # (B, T, nkv, hd)
         v = v.view(B, T, self.n_kv_heads, self.head_dim)
@@ -190,7 +192,7 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = write_cache(cache, k, v, start)  # (B, nkv, S, hd)
         if mask is None and start == 0 and T > 1:  # training, scoring, a prompt: plain causal attention
-            y = causal_attention(q, k, v)  # SDPA, or on CPU, SDPA that skips more of the masked half
+            y = kernel("causal_attention")(q, k, v)  # SDPA(is_causal=True)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.n_kv_heads != self.n_heads)
         return self.w_out(y.transpose(1, 2).reshape(B, T, self.d_model))
@@ -205,7 +207,7 @@ class FeedForward(nn.Module):
         self.w_out = Linear(config.mlp_hidden_size, config.d_model)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.w_out(swiglu(self.w_in(x)))  # silu(gate) * up, with a leaner backward (ops.py)
+        return self.w_out(kernel("swiglu")(self.w_in(x)))  # silu(gate) * up
 
 
 class Block(nn.Module):

@@ -5,7 +5,7 @@ import torch
 
 from olmolab.convert import hf
 from olmolab.errors import UserError
-from olmolab.model.generate import GenerationConfig, decode_step, generate, next_token
+from olmolab.generation import GenerationConfig, decode_step, generate, next_token
 from olmolab.model.transformer import KVCache
 
 transformers = pytest.importorskip("transformers")
