@@ -54,7 +54,6 @@ def check_prompts(model: Transformer, prompts: Sequence[Sequence[int]]) -> None:
             )
 
 
-
 def generate(
     model: Transformer,
     prompts: Sequence[Sequence[int]],
@@ -76,7 +75,6 @@ def generate(
     weights = [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
     with kernels.using("linear", kernels.decode_linear(weights, len(prompts))), torch.inference_mode():
         return _generate(model, prompts, config, on_token, compiled)
-
 
 
 def _generate(
@@ -116,10 +114,10 @@ def _generate(
         # would leak through the zero attention weights other queries give its keys.
         diagonal = torch.eye(width, dtype=torch.bool, device=device)
         mask = (causal & real[:, None, None, :width]) | diagonal  # (B, 1, width, width)
-        logits = model(ids, positions=positions, attn_mask=mask, cache=cache, last_only=True)
+        logits = model.logits(model.trunk(ids, positions=positions, attn_mask=mask, cache=cache), at="last")
         position = positions[:, -1:] + 1
     else:
-        logits = model(ids, cache=cache, last_only=True)
+        logits = model.logits(model.trunk(ids, cache=cache), at="last")
     if compiled:
         decode = compiled_decoding()
         cache.length = torch.tensor(cache.length, device=device)
@@ -148,11 +146,11 @@ def _generate(
             cache.values = [v.index_select(0, index) for v in cache.values]
         if padded:
             length = cache.length + 1
-            logits = model(tokens[:, None], positions=position, attn_mask=key_mask[..., :length],
-                           cache=cache, last_only=True)
+            hidden = model.trunk(tokens[:, None], positions=position, attn_mask=key_mask[..., :length], cache=cache)
+            logits = model.logits(hidden, at="last")
             position += 1
         else:
-            logits = model(tokens[:, None], cache=cache, last_only=True)
+            logits = model.logits(model.trunk(tokens[:, None], cache=cache), at="last")
     return outputs
 
 

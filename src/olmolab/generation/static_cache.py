@@ -17,7 +17,8 @@ def decode_step(model: Transformer, tokens: Tensor, position: Tensor, key_mask: 
     computation: `cache.length` is a tensor, the new keys land at that slot, and attention
     reads every slot with the ones not yet written masked out."""
     filled = torch.arange(key_mask.shape[-1], device=tokens.device) <= cache.length
-    return model(tokens, positions=position, attn_mask=key_mask & filled, cache=cache, last_only=True)
+    hidden = model.trunk(tokens, positions=position, attn_mask=key_mask & filled, cache=cache)
+    return model.logits(hidden, at="last")
 
 
 @functools.cache

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal, overload
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +33,10 @@ from torch import Tensor, nn
 from olmolab.kernels import kernel
 from olmolab.model.config import ModelConfig
 from olmolab.model.loss import LMLoss, linear_cross_entropy
+
+LogitsAt = Literal["all", "last"] | tuple[Tensor, Tensor]
+"""Where `Transformer.logits` runs the LM head: every position, the last one, or the given
+(batch indices, position indices)."""
 
 
 class Linear(nn.Linear):
@@ -243,30 +248,40 @@ class Transformer(nn.Module):
 
     # ------------------------------------------------------------------ forward
 
+    @overload
+    def forward(self, input_ids: Tensor) -> Tensor: ...
+
+    @overload
     def forward(
-        self,
-        input_ids: Tensor,
-        labels: Tensor | None = None,
-        *,
-        z_loss_multiplier: float = 0.0,
+        self, input_ids: Tensor, labels: Tensor, *, z_loss_multiplier: float = 0.0,
         loss_div_factor: float | Tensor | None = None,
-        positions: Tensor | None = None,
-        attn_mask: Tensor | None = None,
-        cache: KVCache | None = None,
-        last_only: bool = False,
-        logits_at: tuple[Tensor, Tensor] | None = None,
-    ) -> Tensor | LMLoss:
+    ) -> LMLoss: ...
+
+    def forward(self, input_ids, labels=None, *, z_loss_multiplier=0.0, loss_div_factor=None):
         """Logits (B, T, embedding_size), or with `labels` the loss without materialising them.
 
         labels: (B, T) target ids aligned with the inputs (already shifted; -100 = ignore).
-        loss_div_factor: what the summed token losses are divided by; default the number of
-            labelled tokens here (a trainer passes the global count so micro-batches add up).
+        z_loss_multiplier, loss_div_factor: see `loss`.
+        Decoding and scoring call `trunk`, then `logits` at the positions they need.
+        """
+        hidden = self.trunk(input_ids)
+        if labels is None:
+            return self.logits(hidden)
+        return self.loss(hidden, labels, z_loss_multiplier=z_loss_multiplier, div_factor=loss_div_factor)
+
+    def trunk(
+        self,
+        input_ids: Tensor,
+        *,
+        positions: Tensor | None = None,
+        attn_mask: Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> Tensor:
+        """The final norm's output, (B, T, d_model): everything but the LM head.
+
         positions: (B, T) RoPE positions, e.g. for left-padded batches; default start..start+T.
         attn_mask: boolean (B, 1, T, S), True = may attend; default causal.
         cache: a KVCache to read from and append to (generation).
-        last_only: logits of the last position only, (B, 1, V): what decoding needs.
-        logits_at: (batch indices, position indices) of N positions: their logits only, (N, V).
-            Scoring needs few positions, and the LM head is a large share of the compute.
         """
         start = cache.length if cache is not None else 0
         if attn_mask is None and cache is not None:
@@ -278,17 +293,31 @@ class Transformer(nn.Module):
             x = block(x, rope, attn_mask, layer_cache, start)
         if cache is not None:
             cache.length += input_ids.shape[1]
-        x = self.norm(x)
-        if labels is not None:
-            return linear_cross_entropy(
-                x.flatten(0, 1), self.lm_head.weight, labels.flatten(),
-                z_loss_multiplier=z_loss_multiplier, div_factor=loss_div_factor,
-            )
-        if last_only:
-            x = x[:, -1:]
-        elif logits_at is not None:
-            x = x[logits_at]
-        return self.lm_head(x)
+        return self.norm(x)
+
+    def logits(self, hidden: Tensor, at: LogitsAt = "all") -> Tensor:
+        """The LM head on `trunk`'s output: at "all" positions, (B, T, V); at the "last" one,
+        (B, 1, V), what decoding needs; or at N (batch indices, position indices), (N, V), what
+        scoring needs (the LM head is a large share of the compute, and scoring needs few)."""
+        if at == "last":
+            hidden = hidden[:, -1:]
+        elif at != "all":
+            hidden = hidden[at]
+        return self.lm_head(hidden)
+
+    def loss(
+        self, hidden: Tensor, labels: Tensor, *, z_loss_multiplier: float = 0.0,
+        div_factor: float | Tensor | None = None,
+    ) -> LMLoss:
+        """The loss of `trunk`'s output against `labels` (B, T), without materialising the logits.
+
+        div_factor: what the summed token losses are divided by; default the number of labelled
+        tokens here (a trainer passes the global count so micro-batches add up).
+        """
+        return linear_cross_entropy(
+            hidden.flatten(0, 1), self.lm_head.weight, labels.flatten(),
+            z_loss_multiplier=z_loss_multiplier, div_factor=div_factor,
+        )
 
     @classmethod
     def from_state_dict(cls, config: ModelConfig, state: dict[str, Tensor], device="cpu") -> Transformer:
