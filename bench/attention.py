@@ -1,4 +1,4 @@
-"""Causal attention of the bench model's shapes: olmolab's `causal_attention` against SDPA.
+"""Causal attention of the bench model's shapes: olmolab's `kernel("causal_attention")` against SDPA.
 
 Same tokens per batch (4096) at every length, 6 heads of 64, fp32, 2 threads. Both sides are
 timed interleaved (medians), forward plus backward and forward alone; prints the ratio
@@ -19,7 +19,10 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).parent))
 from common import interleaved_medians, setup
 
-from olmolab.model.causal_attention import causal_attention, halves_pay
+from olmolab.kernels import kernel
+from olmolab.kernels.causal_attention import halves_pay
+
+causal_attention = kernel("causal_attention")
 
 TOKENS, HEADS, HEAD_DIM = 4096, 6, 64
 

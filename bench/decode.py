@@ -34,7 +34,7 @@ from common import BENCH_MODEL, setup
 
 from olmolab import Transformer
 from olmolab.convert import hf
-from olmolab.model.generate import GenerationConfig, generate
+from olmolab.generation import GenerationConfig, generate
 
 TARGETS = {1: 3.0, 8: 2.0}  # decode speed-ups the issue asks for, by batch size
 

@@ -1,6 +1,6 @@
-"""The bench model's projections, forward plus backward, by the two libraries `ops.linear` chooses
+"""The bench model's projections, forward plus backward, by the two libraries `kernel("linear")` chooses
 between on CPU: oneDNN (for the product and the input gradient, MKL for the weight gradient)
-against `F.linear` (MKL). Prints which one `ops.cpu_matmul_library()` picks on this machine.
+against `F.linear` (MKL). Prints which one `cpu_matmul.cpu_matmul_library()` picks on this machine.
 
 8 x 512 tokens, fp32, 2 threads, interleaved medians; prints GFLOP/s of each and the ratio.
 
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).parent))
 from common import BENCH_BATCH, BENCH_MODEL, BENCH_SEQ_LEN, interleaved_medians, setup
 
-from olmolab.model.ops import _OneDNNLinear, cpu_matmul_library, cpu_vendor, onednn_linear_works
+from olmolab.kernels.cpu_matmul import _OneDNNLinear, cpu_matmul_library, cpu_vendor, onednn_linear_works
 
 
 def projections() -> dict[str, tuple[int, int]]:
@@ -53,8 +53,8 @@ def main() -> None:
     args = parser.parse_args()
     setup(args.threads)
     if not onednn_linear_works():
-        sys.exit("this torch build has no oneDNN linear: ops.linear is F.linear here")
-    print(f"CPU vendor {cpu_vendor()}: ops.linear uses {cpu_matmul_library()}")
+        sys.exit("this torch build has no oneDNN linear: kernel('linear') is F.linear here")
+    print(f"CPU vendor {cpu_vendor()}: kernel('linear') uses {cpu_matmul_library()}")
     tokens = BENCH_BATCH * BENCH_SEQ_LEN
     print(f"{tokens} tokens, fp32, {args.threads} threads; forward + backward (3 matmuls)")
     total = {"F.linear": 0.0, "oneDNN": 0.0}

@@ -1,4 +1,4 @@
-"""The model's hand-written elementwise ops (`olmolab.model.ops`) against autograd's composites
+"""The model's hand-written elementwise ops (`olmolab.kernels.autograd`) against autograd's composites
 of the same functions, forward plus backward, on the bench model's activations (8 x 512 tokens,
 d_model 384, 6 heads, SwiGLU hidden 1024), fp32. Prints milliseconds of each and the ratio.
 
@@ -17,7 +17,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).parent))
 from common import BENCH_BATCH, BENCH_MODEL, BENCH_SEQ_LEN, interleaved_medians, setup
 
-from olmolab.model.ops import rms_norm, rotary, swiglu
+from olmolab.kernels.autograd import rms_norm, rotary, swiglu
 
 
 def composite_swiglu(x):

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import BENCH_MODEL, setup
 
 from olmolab import Transformer
-from olmolab.model.generate import GenerationConfig, generate
+from olmolab.generation import GenerationConfig, generate
 from olmolab.model_files import save_model
 from olmolab.posttrain.config import post_train_config_from_dict
 from olmolab.posttrain.rlvr import RLVRTrainer

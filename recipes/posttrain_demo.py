@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 from olmolab import model_files  # noqa: E402
 from olmolab.config import RunConfig  # noqa: E402
-from olmolab.model.generate import GenerationConfig, generate_text  # noqa: E402
+from olmolab.generation import GenerationConfig, generate_text  # noqa: E402
 from olmolab.posttrain.config import post_train_config_from_dict  # noqa: E402
 from olmolab.posttrain.dpo import DPOTrainer  # noqa: E402
 from olmolab.posttrain.sft import SFTTrainer  # noqa: E402

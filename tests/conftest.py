@@ -1,9 +1,13 @@
-"""Shared test fixtures: deterministic torch, and where the shared data lives."""
+"""Shared test fixtures: deterministic torch, where the shared data lives, a tiny tokenizer and
+tiny random models (generation and inference tests use both)."""
 
 from pathlib import Path
 
 import pytest
 import torch
+
+from olmolab import ModelConfig, Transformer
+from olmolab.tokenizer import train_bpe
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -20,3 +24,40 @@ def shared_data() -> Path:
     if not SHARED_DATA.exists():
         pytest.skip(f"shared data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+TEXT = [
+    "To be, or not to be, that is the question:",
+    "Whether 'tis nobler in the mind to suffer",
+    "The slings and arrows of outrageous fortune,",
+    "Or to take arms against a sea of troubles",
+    "And by opposing end them. To die - to sleep,",
+    "No more; and by a sleep to say we end",
+    "The heart-ache and the thousand natural shocks",
+    "That flesh is heir to: 'tis a consummation",
+    "Devoutly to be wish'd. To die, to sleep;",
+    "To sleep, perchance to dream - ay, there's the rub:",
+] * 20
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """A byte-level BPE of 400 tokens with EOS = 0 and PAD = 1, as the tiny presets expect."""
+    return train_bpe(TEXT, vocab_size=400)
+
+
+def random_model(preset: str = "olmo2-tiny", seed: int = 0, **overrides) -> Transformer:
+    """A tiny model with random weights; norm weights away from 1 so they matter."""
+    torch.manual_seed(seed)
+    model = Transformer(ModelConfig.preset(preset, **overrides)).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.uniform_(0.5, 1.5)
+    return model
+
+
+@pytest.fixture
+def make_model():
+    """`make_model(preset="olmo2-tiny", seed=0, **config_overrides)` -> a random tiny model."""
+    return random_model

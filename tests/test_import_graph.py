@@ -1,4 +1,5 @@
-"""The package's import graph: no cycles, and the model depends on nothing above it.
+"""The package's import graph: no cycles, and the model depends on nothing above it (the kernels,
+which it asks how to compute its ops, depend on nothing of the package).
 
 Every `import` counts, function-local ones included, so a cycle cannot hide behind a lazy import.
 """
@@ -79,9 +80,21 @@ def test_the_cycle_finder_finds_a_cycle():
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 
 
-def test_the_model_imports_only_the_config_loader_and_the_error_type():
-    allowed = {"olmolab.configlib", "olmolab.errors"}
-    for name, imports in import_graph().items():
-        if name == "olmolab.model" or name.startswith("olmolab.model."):
-            outside = {m for m in imports if m != "olmolab.model" and not m.startswith("olmolab.model.")} - allowed
-            assert not outside, f"{name} imports {sorted(outside)}"
+def imports_outside(package: str) -> dict[str, set[str]]:
+    """For each module of `package`, the olmolab modules it imports from outside the package."""
+    inside = lambda m: m == package or m.startswith(package + ".")  # noqa: E731
+    return {name: {m for m in imports if not inside(m)} for name, imports in import_graph().items() if inside(name)}
+
+
+def test_the_model_imports_only_the_config_loader_the_error_type_and_the_kernels():
+    # The model says what it computes and asks olmolab.kernels how (the registry of fast paths),
+    # so kernels sit below the model: they import torch only (next test), never the model.
+    allowed = {"olmolab.configlib", "olmolab.errors", "olmolab.kernels"}
+    for name, outside in imports_outside("olmolab.model").items():
+        outside = {m for m in outside if not m.startswith("olmolab.kernels.")} - allowed
+        assert not outside, f"{name} imports {sorted(outside)}"
+
+
+def test_the_kernels_import_nothing_else_of_the_package():
+    for name, outside in imports_outside("olmolab.kernels").items():
+        assert not outside, f"{name} imports {sorted(outside)}"

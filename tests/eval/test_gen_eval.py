@@ -22,7 +22,7 @@ from olmolab.eval.gen_eval import (
 from olmolab.eval.generative import build_gen_examples
 from olmolab.eval.suites import parse_eval_tasks
 from olmolab.eval.tasks import TaskSpec
-from olmolab.model.generate import GenerationConfig, generate
+from olmolab.generation import GenerationConfig, generate
 from olmolab.model_files import save_model
 from tests.eval.conftest import EVAL_DATA, tiny_model
 

@@ -1,50 +1,12 @@
-"""Fixtures for generation and interchange tests: a tiny trained tokenizer and tiny checkpoints."""
+"""Fixtures for the interchange and CLI tests: tiny checkpoints."""
 
 import pytest
-import torch
 
-from olmolab import ModelConfig, Transformer
 from olmolab.model_files import save_model
-from olmolab.tokenizer import train_bpe
-
-TEXT = [
-    "To be, or not to be, that is the question:",
-    "Whether 'tis nobler in the mind to suffer",
-    "The slings and arrows of outrageous fortune,",
-    "Or to take arms against a sea of troubles",
-    "And by opposing end them. To die - to sleep,",
-    "No more; and by a sleep to say we end",
-    "The heart-ache and the thousand natural shocks",
-    "That flesh is heir to: 'tis a consummation",
-    "Devoutly to be wish'd. To die, to sleep;",
-    "To sleep, perchance to dream - ay, there's the rub:",
-] * 20
-
-
-@pytest.fixture(scope="session")
-def tokenizer():
-    """A byte-level BPE of 400 tokens with EOS = 0 and PAD = 1, as the tiny presets expect."""
-    return train_bpe(TEXT, vocab_size=400)
-
-
-def random_model(preset: str = "olmo2-tiny", seed: int = 0, **overrides) -> Transformer:
-    """A tiny model with random weights; norm weights away from 1 so they matter."""
-    torch.manual_seed(seed)
-    model = Transformer(ModelConfig.preset(preset, **overrides)).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.uniform_(0.5, 1.5)
-    return model
+from tests.conftest import random_model
 
 
 @pytest.fixture
 def checkpoint(tmp_path, tokenizer):
     """An olmolab checkpoint directory of a random olmo2-tiny model, with its tokenizer."""
     return save_model(random_model(), tmp_path / "ckpt", tokenizer=tokenizer)
-
-
-@pytest.fixture
-def make_model():
-    """`make_model(preset="olmo2-tiny", seed=0, **config_overrides)` -> a random tiny model."""
-    return random_model

@@ -11,7 +11,7 @@ from tokenizers import AddedToken
 
 import olmolab
 from olmolab.cli import main
-from olmolab.model.generate import GenerationConfig, generate_text
+from olmolab.generation import GenerationConfig, generate_text
 from olmolab.model_files import save_model
 from olmolab.tokenizer import Tokenizer
 

@@ -20,8 +20,8 @@ def test_logits_have_shape_batch_seq_padded_vocab(name):
 
 
 def test_every_projection_runs_through_its_linear_module():
-    """Decoding swaps the modules' kernels (generate.cpu_linear_kernels): a projection computed
-    from the bare weight would silently miss that."""
+    """Decoding multiplies each module's weight from its own copy (`kernels.decode_linear`, found
+    by the weight the module passes): a projection computed another way would silently miss that."""
     model = tiny()
     calls = []
     for module in model.modules():
@@ -185,9 +185,10 @@ def test_decoding_with_kv_cache_matches_a_full_forward(name):
     with torch.no_grad():
         full = model(ids)
         cache = KVCache.allocate(model.config, batch_size=2, max_len=32)
-        steps = [model(ids[:, :5], cache=cache)]  # prefill
-        steps += [model(ids[:, 5:8], cache=cache)]  # a chunk continuing the cache: causal within it
-        steps += [model(ids[:, t:t + 1], cache=cache) for t in range(8, 14)]  # one token at a time
+        decode = lambda chunk: model.logits(model.trunk(chunk, cache=cache))  # noqa: E731
+        steps = [decode(ids[:, :5])]  # prefill
+        steps += [decode(ids[:, 5:8])]  # a chunk continuing the cache: causal within it
+        steps += [decode(ids[:, t:t + 1]) for t in range(8, 14)]  # one token at a time
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
     assert cache.length == 14
 
@@ -198,8 +199,8 @@ def test_a_prompt_in_halved_attention_range_gives_the_same_logits_through_the_ca
     with torch.no_grad():
         full = model(ids)
         cache = KVCache.allocate(model.config, batch_size=1, max_len=512)
-        prefill = model(ids[:, :384], cache=cache)  # keys come from the cache buffer's layout
-        rest = model(ids[:, 384:], cache=cache)
+        prefill = model.logits(model.trunk(ids[:, :384], cache=cache))  # keys come from the cache buffer's layout
+        rest = model.logits(model.trunk(ids[:, 384:], cache=cache))
     torch.testing.assert_close(torch.cat([prefill, rest], dim=1), full, atol=1e-4, rtol=1e-4)
 
 
@@ -208,7 +209,7 @@ def test_a_static_cache_without_a_mask_is_refused():
     cache = KVCache.allocate(model.config, batch_size=1, max_len=16)
     cache.length = torch.tensor(0)  # attention would read all 16 slots, most not yet written
     with pytest.raises(ValueError, match="attn_mask"):
-        model(torch.zeros(1, 1, dtype=torch.long), cache=cache)
+        model.trunk(torch.zeros(1, 1, dtype=torch.long), cache=cache)
 
 
 def test_logits_at_runs_the_head_on_just_the_chosen_positions():
@@ -216,7 +217,18 @@ def test_logits_at_runs_the_head_on_just_the_chosen_positions():
     ids = torch.randint(0, 500, (3, 10))
     rows, positions = torch.tensor([0, 2, 2]), torch.tensor([9, 0, 4])
     with torch.no_grad():
-        torch.testing.assert_close(model(ids, logits_at=(rows, positions)), model(ids)[rows, positions])
+        hidden = model.trunk(ids)
+        torch.testing.assert_close(model.logits(hidden, at=(rows, positions)), model(ids)[rows, positions])
+        torch.testing.assert_close(model.logits(hidden, at="last"), model(ids)[:, -1:])
+
+
+def test_forward_is_trunk_then_logits_or_loss():
+    model = tiny()
+    ids = torch.randint(0, 500, (2, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids), model.logits(model.trunk(ids)))
+        torch.testing.assert_close(model(ids, ids, z_loss_multiplier=1e-4),
+                                   model.loss(model.trunk(ids), ids, z_loss_multiplier=1e-4))
 
 
 def test_sequence_longer_than_the_context_window_is_refused():

@@ -9,7 +9,7 @@ import torch
 
 import olmolab
 from olmolab.cli import main
-from olmolab.model.generate import GenerationConfig
+from olmolab.generation import GenerationConfig
 from olmolab.posttrain.chat import ChatSession
 
 transformers = pytest.importorskip("transformers")
@@ -43,7 +43,7 @@ def test_generate_chat_applies_the_template_to_the_prompt(sft_run, tmp_path, cap
     model, tokenizer = olmolab.load(sft_run)
     prompt = tokenizer.render_chat([{"role": "system", "content": "Be brief."},
                                     {"role": "user", "content": "What is 1 + 2?"}], add_generation_prompt=True)[0]
-    expected = olmolab.model.generate.generate_text(model, tokenizer, [prompt], GenerationConfig(max_new_tokens=3))
+    expected = olmolab.generation.generate_text(model, tokenizer, [prompt], GenerationConfig(max_new_tokens=3))
     assert json.loads(line) == {"prompt": "What is 1 + 2?", "completion": expected[0]}
 
 

@@ -69,7 +69,7 @@ to the terminal; --prompts-file generates in left-padded batches and writes one 
 
 
 def _generate(args) -> int:
-    from olmolab.model.generate import GenerationConfig, generate_text
+    from olmolab.generation import GenerationConfig, generate_text
     from olmolab.model_files import check_tokenizer, load
     from olmolab.tokenizer import Tokenizer
 

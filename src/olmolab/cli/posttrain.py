@@ -110,7 +110,7 @@ def _register_chat(subparsers) -> None:
 
 def _chat(args) -> int:
     from olmolab.cli.models import _device
-    from olmolab.model.generate import GenerationConfig
+    from olmolab.generation import GenerationConfig
     from olmolab.model_files import load
     from olmolab.posttrain.chat import ChatSession
 

@@ -9,7 +9,7 @@
 How the work is laid out: prompts are encoded once (BOS first where the tokenizer has one, then
 left-truncated so that prompt + max new tokens fit the window, as lm-eval and OLMES do), sorted
 by length so a batch pads little, and decoded greedily in batches with the KV cache
-(`model.generate.complete_ids`). A row leaves its batch at EOS or at the first stop sequence, and
+(`generation.complete_ids`). A row leaves its batch at EOS or at the first stop sequence, and
 the answer is the text before it.
 
 In a torch.distributed group each rank answers every world-th example and the answers are
@@ -35,7 +35,7 @@ from olmolab.eval.downstream import TaskResult, TextTokenizer, encode_many, mean
 from olmolab.eval.gen_metrics import METRICS
 from olmolab.eval.generative import GenExample, get_gen_task
 from olmolab.eval.scoring import model_window
-from olmolab.model.generate import GenerationConfig, complete_ids
+from olmolab.generation import GenerationConfig, complete_ids
 from olmolab.train import distributed as dist_utils
 
 

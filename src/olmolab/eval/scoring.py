@@ -59,8 +59,9 @@ def model_vocab(model) -> int:
 
 
 def supports_packing(model) -> bool:
-    """Whether the model's forward takes `positions` and `attn_mask`, which packed rows need."""
-    parameters = inspect.signature(model.forward).parameters
+    """Whether the model takes `positions` and `attn_mask`, which packed rows need: olmolab's
+    through `trunk` (`selected_logits`), another model through its forward."""
+    parameters = inspect.signature(model.trunk if isinstance(model, Transformer) else model.forward).parameters
     return "positions" in parameters and "attn_mask" in parameters
 
 
@@ -119,9 +120,9 @@ def batch_inputs(batch: list[Row]) -> dict[str, torch.Tensor]:
 
 def selected_logits(model, inputs: dict[str, torch.Tensor], b_idx: torch.Tensor, pos_idx: torch.Tensor) -> torch.Tensor:
     """Logits (N, V) at the N positions (b_idx[i], pos_idx[i]) of the batch: olmolab's model runs
-    its LM head on just those (`logits_at`); other models give all logits, indexed afterwards."""
+    its LM head on just those (`Transformer.logits`); other models give all logits, indexed afterwards."""
     if isinstance(model, Transformer):
-        return model(**inputs, logits_at=(b_idx, pos_idx))
+        return model.logits(model.trunk(**inputs), at=(b_idx, pos_idx))
     return model(**inputs)[b_idx, pos_idx]
 
 

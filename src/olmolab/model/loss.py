@@ -24,10 +24,9 @@ from torch import Tensor
 IGNORE_INDEX = -100
 
 # Most logits held at once. On a CPU, 16M fp32 values (64 MiB; 1024 tokens of a 16k vocabulary):
-# the chunk size barely matters once memory is reused (bench model: 2975-2998 ms per step for
-# 512 to 4096 rows), but glibc hands blocks this large straight back to the OS, so a bigger
-# buffer page-faults more every step (3283 ms at 4096 rows vs 3065 at 1024 under the default
-# malloc). On a GPU, 64M: each chunk re-reads the (V, d) fp32 gradient accumulator (800 MB at
+# the chunk size barely matters once memory is reused, but glibc hands blocks this large straight
+# back to the OS, so a bigger buffer page-faults more every step (bench/README.md has the
+# figures). On a GPU, 64M: each chunk re-reads the (V, d) fp32 gradient accumulator (800 MB at
 # OLMo 2's 100k x 2048), so chunks should be few; the bound keeps 32k tokens x 100k vocabulary
 # from needing 13 GB at once.
 CHUNK_ELEMENTS = 1 << 24

@@ -14,6 +14,8 @@ Projections are fused the way OLMo stores them: one `w_qkv` matmul for queries, 
 values, and one `w_in` for the SwiGLU's up and gate halves. One larger matmul is faster than
 three small ones; `olmolab.convert.hf` splits them into Hugging Face's names.
 
+Each op is named by the formula it computes (`F.linear`, RMSNorm, RoPE, SwiGLU, causal SDPA);
+how it is computed on the machine at hand is `olmolab.kernels`' choice, asked through `kernel`.
 Distributed training wraps this module from outside (`olmolab.train.distributed`); nothing
 here knows about processes.
 """
@@ -22,25 +24,29 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal, overload
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from olmolab.model.causal_attention import causal_attention
+from olmolab.kernels import kernel
 from olmolab.model.config import ModelConfig
 from olmolab.model.loss import LMLoss, linear_cross_entropy
-from olmolab.model.ops import linear, rms_norm, rotary, swiglu
+
+LogitsAt = Literal["all", "last"] | tuple[Tensor, Tensor]
+"""Where `Transformer.logits` runs the LM head: every position, the last one, or the given
+(batch indices, position indices)."""
 
 
 class Linear(nn.Linear):
-    """A projection without bias; on CPU its matmuls take the faster kernel (`ops.linear`)."""
+    """A projection without bias: F.linear(x, weight)."""
 
     def __init__(self, in_features: int, out_features: int):
         super().__init__(in_features, out_features, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        return linear(x, self.weight)
+        return kernel("linear")(x, self.weight)
 
 
 class Norm(nn.Module):
@@ -56,7 +62,7 @@ class Norm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.kind == "rmsnorm":
-            return rms_norm(x, self.weight, self.eps)  # F.rms_norm with a leaner backward (ops.py)
+            return kernel("rms_norm")(x, self.weight, self.eps)  # F.rms_norm in fp32
         return F.layer_norm(x.float(), (self.size,), None, None, self.eps).to(x.dtype)
 
 
@@ -182,7 +188,8 @@ class Attention(nn.Module):
             q, k, v = (t.clamp(-self.clip_qkv, self.clip_qkv) for t in (q, k, v))
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        # RoPE rotates each (x_i, x_{i+hd/2}) feature pair by its position's angle (ops.py)
+        # RoPE rotates each (x_i, x_{i+hd/2}) feature pair by its position's angle
+        rotary = kernel("rotary")
         q = rotary(q.view(B, T, self.n_heads, self.head_dim), *rope)  # (B, T, nh, hd)
         k = rotary(k.view(B, T, self.n_kv_heads, self.head_dim), *rope)  # (B, T, nkv, hd)
         v = v.view(B, T, self.n_kv_heads, self.head_dim)
@@ -190,7 +197,7 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = write_cache(cache, k, v, start)  # (B, nkv, S, hd)
         if mask is None and start == 0 and T > 1:  # training, scoring, a prompt: plain causal attention
-            y = causal_attention(q, k, v)  # SDPA, or on CPU, SDPA that skips more of the masked half
+            y = kernel("causal_attention")(q, k, v)  # SDPA(is_causal=True)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.n_kv_heads != self.n_heads)
         return self.w_out(y.transpose(1, 2).reshape(B, T, self.d_model))
@@ -205,7 +212,7 @@ class FeedForward(nn.Module):
         self.w_out = Linear(config.mlp_hidden_size, config.d_model)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.w_out(swiglu(self.w_in(x)))  # silu(gate) * up, with a leaner backward (ops.py)
+        return self.w_out(kernel("swiglu")(self.w_in(x)))  # silu(gate) * up
 
 
 class Block(nn.Module):
@@ -241,30 +248,45 @@ class Transformer(nn.Module):
 
     # ------------------------------------------------------------------ forward
 
+    @overload
+    def forward(self, input_ids: Tensor, *, positions: Tensor | None = None, attn_mask: Tensor | None = None,
+                at: LogitsAt = "all") -> Tensor: ...
+
+    @overload
     def forward(
+        self, input_ids: Tensor, labels: Tensor, *, positions: Tensor | None = None,
+        attn_mask: Tensor | None = None, z_loss_multiplier: float = 0.0, loss_div_factor: float | Tensor | None = None,
+    ) -> LMLoss: ...
+
+    def forward(self, input_ids, labels=None, *, positions=None, attn_mask=None, at="all", z_loss_multiplier=0.0,
+                loss_div_factor=None):
+        """Logits (B, T, embedding_size) (or at the positions `at` selects, see `logits`), or with
+        `labels` the loss without materialising them.
+
+        labels: (B, T) target ids aligned with the inputs (already shifted; -100 = ignore).
+        positions, attn_mask: see `trunk` (packed sequences: RoPE restarting, no attention across
+        documents). z_loss_multiplier, loss_div_factor: see `loss`.
+        Training goes through `forward` because it is what DDP and FSDP wrap; decoding calls
+        `trunk` with a cache, then `logits` at the last position.
+        """
+        hidden = self.trunk(input_ids, positions=positions, attn_mask=attn_mask)
+        if labels is None:
+            return self.logits(hidden, at)
+        return self.loss(hidden, labels, z_loss_multiplier=z_loss_multiplier, div_factor=loss_div_factor)
+
+    def trunk(
         self,
         input_ids: Tensor,
-        labels: Tensor | None = None,
         *,
-        z_loss_multiplier: float = 0.0,
-        loss_div_factor: float | Tensor | None = None,
         positions: Tensor | None = None,
         attn_mask: Tensor | None = None,
         cache: KVCache | None = None,
-        last_only: bool = False,
-        logits_at: tuple[Tensor, Tensor] | None = None,
-    ) -> Tensor | LMLoss:
-        """Logits (B, T, embedding_size), or with `labels` the loss without materialising them.
+    ) -> Tensor:
+        """The final norm's output, (B, T, d_model): everything but the LM head.
 
-        labels: (B, T) target ids aligned with the inputs (already shifted; -100 = ignore).
-        loss_div_factor: what the summed token losses are divided by; default the number of
-            labelled tokens here (a trainer passes the global count so micro-batches add up).
         positions: (B, T) RoPE positions, e.g. for left-padded batches; default start..start+T.
         attn_mask: boolean (B, 1, T, S), True = may attend; default causal.
         cache: a KVCache to read from and append to (generation).
-        last_only: logits of the last position only, (B, 1, V): what decoding needs.
-        logits_at: (batch indices, position indices) of N positions: their logits only, (N, V).
-            Scoring needs few positions, and the LM head is a large share of the compute.
         """
         start = cache.length if cache is not None else 0
         if attn_mask is None and cache is not None:
@@ -276,17 +298,31 @@ class Transformer(nn.Module):
             x = block(x, rope, attn_mask, layer_cache, start)
         if cache is not None:
             cache.length += input_ids.shape[1]
-        x = self.norm(x)
-        if labels is not None:
-            return linear_cross_entropy(
-                x.flatten(0, 1), self.lm_head.weight, labels.flatten(),
-                z_loss_multiplier=z_loss_multiplier, div_factor=loss_div_factor,
-            )
-        if last_only:
-            x = x[:, -1:]
-        elif logits_at is not None:
-            x = x[logits_at]
-        return self.lm_head(x)
+        return self.norm(x)
+
+    def logits(self, hidden: Tensor, at: LogitsAt = "all") -> Tensor:
+        """The LM head on `trunk`'s output: at "all" positions, (B, T, V); at the "last" one,
+        (B, 1, V), what decoding needs; or at N (batch indices, position indices), (N, V), what
+        scoring needs (the LM head is a large share of the compute, and scoring needs few)."""
+        if at == "last":
+            hidden = hidden[:, -1:]
+        elif at != "all":
+            hidden = hidden[at]
+        return self.lm_head(hidden)
+
+    def loss(
+        self, hidden: Tensor, labels: Tensor, *, z_loss_multiplier: float = 0.0,
+        div_factor: float | Tensor | None = None,
+    ) -> LMLoss:
+        """The loss of `trunk`'s output against `labels` (B, T), without materialising the logits.
+
+        div_factor: what the summed token losses are divided by; default the number of labelled
+        tokens here (a trainer passes the global count so micro-batches add up).
+        """
+        return linear_cross_entropy(
+            hidden.flatten(0, 1), self.lm_head.weight, labels.flatten(),
+            z_loss_multiplier=z_loss_multiplier, div_factor=div_factor,
+        )
 
     @classmethod
     def from_state_dict(cls, config: ModelConfig, state: dict[str, Tensor], device="cpu") -> Transformer:

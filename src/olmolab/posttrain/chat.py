@@ -29,7 +29,7 @@ class ChatSession:
 
     def reply(self, text: str, on_text: Callable[[str], None] | None = None) -> str:
         """The assistant's answer to `text`; both join the history."""
-        from olmolab.model.generate import generate_text
+        from olmolab.generation import generate_text
 
         self.messages.append({"role": "user", "content": text})
         try:

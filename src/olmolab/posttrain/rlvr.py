@@ -37,7 +37,7 @@ from torch import Tensor
 
 from olmolab import model_files
 from olmolab.errors import UserError
-from olmolab.model.generate import GenerationConfig, forget_derived_weights, generate
+from olmolab.generation import GenerationConfig, generate
 from olmolab.model.loss import IGNORE_INDEX
 from olmolab.posttrain.batches import pad_rows
 from olmolab.posttrain.chat_data import BadRow, check_messages, read_rows
@@ -103,7 +103,7 @@ def token_logps(model, input_ids: Tensor, labels: Tensor) -> Tensor:
     """(N, T) the log-prob of each label (0 where there is none); only labelled positions go
     through the LM head."""
     rows, positions = (labels != IGNORE_INDEX).nonzero(as_tuple=True)
-    logits = model(input_ids, logits_at=(rows, positions)).float()  # (n, V)
+    logits = model(input_ids, at=(rows, positions)).float()  # (n, V)
     picked = logits.log_softmax(-1).gather(1, labels[rows, positions][:, None]).squeeze(1)
     return torch.zeros(labels.shape, dtype=picked.dtype, device=picked.device).index_put((rows, positions), picked)
 
@@ -163,7 +163,6 @@ class RLVRTrainer(PostTrainer):
         policy = dist_utils.unwrap(self.model)
         eos = self.config.model.eos_token_id
         start = time.perf_counter()
-        forget_derived_weights(policy)  # the optimizer changed the weights in place since the last rollout
         responses = generate(policy, [p.ids.tolist() for p in prompts], GenerationConfig(
             max_new_tokens=section.response_length, temperature=section.temperature, top_p=section.top_p,
             eos_token_id=eos, seed=self.sampling_seed()))

@@ -88,7 +88,7 @@ def parallelize(
 
 
 def _fully_shard(model: nn.Module, device: torch.device, bf16: bool) -> nn.Module:
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
     # OLMo 2's "mixed" FSDP precision: bf16 parameters in compute, fp32 gradient reduction and
     # fp32 master weights in the optimizer.
@@ -97,6 +97,9 @@ def _fully_shard(model: nn.Module, device: torch.device, bf16: bool) -> nn.Modul
     for block in model.blocks:
         fully_shard(block, **kwargs)
     fully_shard(model, **kwargs)  # embeddings, final norm and LM head (tied or not) in the root unit
+    # Decoding and scoring call these instead of forward: they must gather the root's weights too.
+    for method in ("trunk", "logits"):
+        register_fsdp_forward_method(model, method)
     return model
 
 

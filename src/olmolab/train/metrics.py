@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from olmolab.errors import UserError
-from olmolab.model.ops import onednn_linear, onednn_linear_works
+from olmolab.kernels.cpu_matmul import onednn_linear, onednn_linear_works
 
 # Dense bf16 datasheet peaks per GPU, FLOP/s (MFU's denominator on CUDA).
 GPU_PEAK_FLOPS = {"H100": 989.5e12, "H200": 989.5e12, "A100": 312e12}

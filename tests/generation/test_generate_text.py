@@ -1,6 +1,6 @@
 """Text-level generation: stop strings, EOS, and streaming."""
 
-from olmolab.model.generate import GenerationConfig, generate, generate_text
+from olmolab.generation import GenerationConfig, generate, generate_text
 
 FREE = GenerationConfig(max_new_tokens=40, stop_at_eos=False)
 

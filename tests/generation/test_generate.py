@@ -1,12 +1,16 @@
 """Token-level generation: identical to transformers' greedy `generate`, and the sampling rules."""
 
+import copy
+
 import pytest
 import torch
 
+from olmolab import ModelConfig, Transformer
 from olmolab.convert import hf
 from olmolab.errors import UserError
-from olmolab.model.generate import GenerationConfig, decode_step, generate, next_token
+from olmolab.generation import GenerationConfig, decode_step, generate, next_token
 from olmolab.model.transformer import KVCache
+from olmolab.train.optim import OptimConfig, build_optimizer
 
 transformers = pytest.importorskip("transformers")
 
@@ -170,7 +174,8 @@ def test_finished_rows_leave_the_batch_and_the_rest_decode_as_alone(make_model):
     config = GenerationConfig(max_new_tokens=8, stop_at_eos=False)
     alone = [generate(model, [p], config)[0] for p in prompts]
     batch_sizes = []
-    hook = model.register_forward_pre_hook(lambda module, args: batch_sizes.append(args[0].shape[0]))
+    # every step starts at the embeddings (decoding calls model.trunk, not forward)
+    hook = model.embeddings.register_forward_pre_hook(lambda module, args: batch_sizes.append(args[0].shape[0]))
     try:
         out = generate(model, prompts, config, on_token=lambda row, token: row == 1)  # row 1 ends at once
     finally:
@@ -221,12 +226,12 @@ def test_a_static_cache_step_gives_the_logits_of_the_growing_cache(make_model):
     prompt = torch.tensor(random_prompts([7])[0])[None]
     growing, static = (KVCache.allocate(model.config, 1, 32) for _ in range(2))
     with torch.no_grad():
-        model(prompt, cache=growing), model(prompt, cache=static)
+        model.trunk(prompt, cache=growing), model.trunk(prompt, cache=static)
         static.length = torch.tensor(static.length)
         key_mask = torch.ones(1, 1, 1, 32, dtype=torch.bool)
         for token in (5, 17, 300):
             tokens = torch.tensor([[token]])
-            expected = model(tokens, cache=growing, last_only=True)
+            expected = model.logits(model.trunk(tokens, cache=growing), at="last")
             got = decode_step(model, tokens, static.length.view(1, 1).clone(), key_mask, static)
             torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     assert int(static.length) == growing.length == 10
@@ -237,3 +242,16 @@ def test_compiled_decoding_matches_transformers_token_for_token(model_pair):
     prompt = random_prompts([9])[0]
     config = GenerationConfig(max_new_tokens=30, stop_at_eos=False, compile=True)
     assert generate(ours, [prompt], config) == hf_generate(theirs, [prompt], max_new_tokens=30)
+
+
+def test_generation_after_a_fused_adamw_step_uses_the_new_weights():
+    """The fused AdamW step leaves the weights' version counters alone: the decode kernels'
+    weight layouts must not outlive a generate call (RLVR samples after every step)."""
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.preset("olmo2-tiny"))
+    prompts, config = [[5, 6, 7], [8, 9, 10]], GenerationConfig(max_new_tokens=4, stop_at_eos=False)
+    generate(model, prompts, config)  # lays out the initial weights for decoding
+    optimizer = build_optimizer(model, OptimConfig(lr=0.5))
+    model(torch.tensor(prompts)).float().logsumexp(-1).mean().backward()
+    optimizer.step()
+    assert generate(model, prompts, config) == generate(copy.deepcopy(model), prompts, config)

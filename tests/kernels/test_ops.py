@@ -1,12 +1,14 @@
-"""The hand-written RMSNorm, RoPE and SwiGLU equal autograd's composites, and `linear` equals
-F.linear: values and gradients."""
+"""The registry's RMSNorm, RoPE and SwiGLU (hand-written backward passes where one will run)
+equal autograd's composites, and its `linear` equals F.linear: values and gradients."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from olmolab.model import ops
-from olmolab.model.ops import cpu_matmul_library, linear, onednn_linear_works, rms_norm, rotary, swiglu
+from olmolab.kernels import cpu_matmul, kernel
+from olmolab.kernels.cpu_matmul import cpu_matmul_library, onednn_linear_works
+
+linear, rms_norm, rotary, swiglu = (kernel(name) for name in ("linear", "rms_norm", "rotary", "swiglu"))
 
 
 def composite_rotary(x, cos, sin):
@@ -102,11 +104,11 @@ def test_compiled_blocks_train_like_eager_ones():
 def matmul_library(monkeypatch):
     """Sets the CPU matmul library for one test (the choice is cached per process)."""
     def choose(library: str | None = None, vendor: str | None = None):
-        monkeypatch.setattr(ops, "cpu_vendor", lambda: vendor)
+        monkeypatch.setattr(cpu_matmul, "cpu_vendor", lambda: vendor)
         if library is None:
-            monkeypatch.delenv(ops.CPU_MATMUL_ENV, raising=False)
+            monkeypatch.delenv(cpu_matmul.CPU_MATMUL_ENV, raising=False)
         else:
-            monkeypatch.setenv(ops.CPU_MATMUL_ENV, library)
+            monkeypatch.setenv(cpu_matmul.CPU_MATMUL_ENV, library)
         cpu_matmul_library.cache_clear()
     yield choose
     cpu_matmul_library.cache_clear()

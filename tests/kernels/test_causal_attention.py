@@ -4,7 +4,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from olmolab.model.causal_attention import causal_attention, halves_pay
+from olmolab.kernels import kernel
+from olmolab.kernels.causal_attention import halves_pay
+
+causal_attention = kernel("causal_attention")
 
 
 def qkv(T, heads=4, kv_heads=4, batch=2, head_dim=16, seed=0):

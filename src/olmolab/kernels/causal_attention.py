@@ -13,21 +13,16 @@ tiles. The backward runs the kernel's own backward on both pieces, given the *me
 and log-sum-exp: then each piece recomputes exactly its share of the full softmax, and its
 gradients are the full attention's gradients restricted to its keys.
 
-That computes 3/4 of the square instead of all of it. On the bench shapes (4096 tokens a batch,
-6 heads of 64) forward plus backward ran 1.17-1.29x as fast as SDPA at 512 tokens and 1.07-1.22x
-at 384-448, the forward alone 1.05-1.15x (`python bench/attention.py`, several runs). It pays
-from 384 to 512 tokens only: below, the halves fall under 192 queries, where the kernel switches
-to tiles half as tall; above, the kernel's own 512-key skipping starts to work. Elsewhere (and
-on other devices, in other dtypes) this is plain SDPA. torch.compile traces the halves as they
-are (inductor calls the same kernels): compiled blocks of the bench model then trained at 2833
-ms per step, against 3029 with plain SDPA in them on an AMD EPYC (the "olmolab compiled" side of
-`bench/train_step.py --keep-freed-memory`).
+That computes 3/4 of the square instead of all of it. It pays from 384 to 512 tokens only
+(`halves_pay`): below, the halves fall under 192 queries, where the kernel switches to tiles
+half as tall; above, the kernel's own 512-key skipping starts to work. torch.compile traces the
+halves as they are (inductor calls the same kernels). `bench/attention.py` times it against
+SDPA; `bench/README.md` has the figures.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 # The CPU flash kernel's tiling (aten/src/ATen/native/cpu/FlashAttentionKernel.cpp): keys in
@@ -35,19 +30,9 @@ from torch import Tensor
 _KERNEL_KEY_BLOCK, _KERNEL_TALL_TILES_FROM = 512, 192
 
 
-def causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """`F.scaled_dot_product_attention(q, k, v, is_causal=True)`; q: (B, heads, T, hd), and k, v
-    (B, kv_heads, T, hd) with kv_heads dividing heads (grouped-query attention)."""
-    if not halves_pay(q):
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=k.shape[1] != q.shape[1])
-    if k.shape[1] != q.shape[1]:  # the CPU kernel has no grouped-query mode; autograd sums the copies' grads
-        groups = q.shape[1] // k.shape[1]
-        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-    return _HalvedCausalAttention.apply(q, k, v)
-
-
-def halves_pay(q: Tensor) -> bool:
-    """Whether `causal_attention` splits these queries' sequence in halves (see the module docstring)."""
+def halves_pay(q: Tensor, *_kv: Tensor) -> bool:
+    """Whether splitting these queries' sequence in halves pays (see the module docstring); the
+    keys and values (taken so that it can judge any attention call) do not change the answer."""
     T = q.shape[2]
     return (
         q.device.type == "cpu"
@@ -55,6 +40,14 @@ def halves_pay(q: Tensor) -> bool:
         and T % 2 == 0
         and 2 * _KERNEL_TALL_TILES_FROM <= T <= _KERNEL_KEY_BLOCK
     )
+
+
+def halved_causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """`plain.causal_attention(q, k, v)`, computed in halves; T even."""
+    if k.shape[1] != q.shape[1]:  # the CPU kernel has no grouped-query mode; autograd sums the copies' grads
+        groups = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    return _HalvedCausalAttention.apply(q, k, v)
 
 
 _flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu

@@ -1,0 +1,10 @@
+"""How the model's ops are computed: the plain formulas, and the CPU fast paths (matmul library
+per CPU vendor, halved causal attention, hand-written backward passes, decode matmuls), chosen
+in one place (`registry`). Each fast path is tested against its formula (`tests/kernels/`).
+
+This package depends on torch only; the model asks it for its ops, never the other way round.
+"""
+
+from olmolab.kernels.registry import KERNELS, Kernel, KernelName, decode_linear, kernel, using
+
+__all__ = ["KERNELS", "Kernel", "KernelName", "decode_linear", "kernel", "using"]

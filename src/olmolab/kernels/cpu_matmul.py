@@ -1,0 +1,116 @@
+"""Linear layers on the faster CPU matmul library.
+
+`F.linear` on CPU calls MKL, which on AMD CPUs is slower than oneDNN at the model's shapes; on
+Intel CPUs (AVX-512) it is the other way round (`bench/linear.py` times both on the machine at
+hand; `bench/README.md` has the figures). So fp32 CPU products and input gradients go to the
+library that suits the CPU (`cpu_matmul_library`), and weight gradients stay on MKL, where
+oneDNN would need transposed copies of the activations.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+CPU_MATMUL_ENV = "OLMOLAB_CPU_MATMUL"
+
+
+@functools.cache
+def onednn_linear_works() -> bool:
+    """Whether this torch build has oneDNN's linear, and it computes what F.linear does (with the
+    weight as it is, transposed, and packed in oneDNN's blocked layout, as decoding uses it)."""
+    try:
+        g = torch.Generator().manual_seed(0)  # not the global RNG: sampling must not depend on this check
+        weight, x = (torch.randn(*shape, generator=g, device="cpu") for shape in ((24, 16), (3, 16)))
+        packed = pack_for_onednn(weight)
+        expected = F.linear(x, weight)
+        return all(
+            torch.allclose(got, want, rtol=1e-4, atol=1e-5)
+            for got, want in (
+                (onednn_linear(x, weight), expected),
+                (onednn_linear(x, packed), expected),
+                (onednn_linear(x, weight.t().contiguous().t()), expected),
+                (onednn_linear(expected, weight.t()), expected @ weight),
+            )
+        )
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+
+
+def onednn_linear(x: Tensor, weight: Tensor) -> Tensor:
+    """F.linear(x, weight) by oneDNN; `weight` (out, in), any strides, or packed for oneDNN."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")
+
+
+def pack_for_onednn(weight: Tensor) -> Tensor:
+    """`weight` in oneDNN's blocked layout, for `onednn_linear` to skip its own reordering."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight, 8)
+
+
+class _OneDNNLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        return onednn_linear(x, weight)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        x, weight = ctx.saved_tensors
+        grad_x = onednn_linear(grad, weight.t()) if ctx.needs_input_grad[0] else None
+        grad_weight = None
+        if ctx.needs_input_grad[1]:  # (out, tokens) @ (tokens, in), by MKL
+            grad_weight = grad.reshape(-1, grad.shape[-1]).t() @ x.reshape(-1, x.shape[-1])
+        return grad_x, grad_weight
+
+
+def cpu_vendor() -> str | None:
+    """The CPU's vendor id as Linux reports it ("GenuineIntel", "AuthenticAMD"), else None."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+@functools.cache
+def cpu_matmul_library() -> str:
+    """Which library multiplies the model's fp32 CPU projections: "onednn" or "mkl" (`F.linear`).
+
+    oneDNN on AMD CPUs, MKL everywhere else. Chosen by the CPU, not timed at start-up: a timing
+    could pick differently on the next start, and a resumed run must compute what the
+    interrupted one would have, bit for bit. `OLMOLAB_CPU_MATMUL=onednn` or `=mkl` overrides it.
+    """
+    wanted = os.environ.get(CPU_MATMUL_ENV, "").strip().lower()
+    if wanted not in ("", "onednn", "mkl"):
+        raise ValueError(f"{CPU_MATMUL_ENV}={wanted!r}: expected 'onednn' or 'mkl' (or unset, to choose by CPU)")
+    if wanted == "onednn" and not onednn_linear_works():
+        raise ValueError(f"{CPU_MATMUL_ENV}=onednn, but this torch build has no working oneDNN linear")
+    if not wanted:
+        wanted = "onednn" if cpu_vendor() == "AuthenticAMD" and onednn_linear_works() else "mkl"
+    return wanted
+
+
+def onednn_pays(x: Tensor, weight: Tensor) -> bool:
+    """Eager fp32 CPU products, where this CPU's matmul library is oneDNN."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype == weight.dtype == torch.float32
+        and x.dim() >= 2
+        and not torch.is_autocast_enabled("cpu")
+        and not torch.compiler.is_compiling()  # inductor picks its own matmuls
+        and cpu_matmul_library() == "onednn"
+    )
+
+
+def linear_by_onednn(x: Tensor, weight: Tensor) -> Tensor:
+    """`F.linear(x, weight)` by oneDNN, with MKL for the weight's gradient."""
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        return _OneDNNLinear.apply(x, weight)
+    return onednn_linear(x, weight)

@@ -1,0 +1,42 @@
+"""The plain formulas: what every kernel computes, and what runs where no faster path applies.
+
+Each faster implementation in this package is tested against its formula here.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def linear(x: Tensor, weight: Tensor) -> Tensor:
+    """x @ weight.T, no bias."""
+    return F.linear(x, weight)
+
+
+def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    """x / rms(x) * weight over the last dimension, in fp32 whatever x's dtype (as OLMo 2 and
+    transformers compute it), returned in x's dtype."""
+    return F.rms_norm(x.float(), (x.shape[-1],), weight.float(), eps).to(x.dtype)
+
+
+def rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """RoPE in the rotate-half layout: x * [cos, cos] + rotate_half(x) * [sin, sin], in fp32.
+
+    x: (..., D); cos, sin: the angles' (..., D/2) tables, broadcastable against x's halves.
+    """
+    x1, x2 = x.float().chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
+
+
+def swiglu(x: Tensor) -> Tensor:
+    """silu(gate) * up, where x's last dimension holds [up, gate] (OLMo's fused ff_proj layout)."""
+    up, gate = x.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+def causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Causal SDPA; q: (B, heads, T, hd), and k, v (B, kv_heads, T, hd) with kv_heads dividing
+    heads (grouped-query attention)."""
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=k.shape[1] != q.shape[1])
