@@ -75,8 +75,8 @@ def test_invalid_yaml_names_file_and_line(tmp_path):
         load_run_config(bad)
 
 
-# (post-training recipes, *-sft / *-dpo, are `olmolab sft` / `dpo` configs: tests/posttrain)
-CONFIGS = sorted(p for p in (REPO_ROOT / "configs").rglob("*.yaml") if not p.stem.endswith(("-sft", "-dpo")))
+# (post-training recipes, *-sft / *-dpo / *-rlvr, are `olmolab sft` / `dpo` / `rlvr` configs: tests/posttrain)
+CONFIGS = sorted(p for p in (REPO_ROOT / "configs").rglob("*.yaml") if not p.stem.endswith(("-sft", "-dpo", "-rlvr")))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
