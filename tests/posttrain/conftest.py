@@ -53,22 +53,23 @@ def sft_data(tmp_path):
     return write_jsonl(tmp_path / "chat.jsonl.gz", [{"messages": conversation(rng)} for _ in range(24)])
 
 
+def write_config(path, base_checkpoint, method: str, section: dict, trainer: dict, optim: dict, scheduler: dict):
+    """An `olmolab METHOD` config of a few steps from `base_checkpoint`, written to `path`."""
+    defaults = {"load_path": str(base_checkpoint), "run_dir": str(path.parent / method), "global_batch_size": 4,
+                "micro_batch_size": 2, "max_steps": 2, "save_interval": 2, "progress": False, "peak_flops": 1e11}
+    raw = {method: section, "trainer": defaults | trainer, "optim": optim, "scheduler": scheduler}
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
 @pytest.fixture
 def sft_config(tmp_path, base_checkpoint, sft_data):
     """A function writing an `olmolab sft` config (YAML) of a few steps; returns its path."""
 
     def make(name="sft.yaml", sft=None, **trainer):
-        raw = {
-            "sft": {"paths": [sft_data], "max_seq_len": MAX_SEQ_LEN, "seed": 2} | (sft or {}),
-            "trainer": {"load_path": str(base_checkpoint), "run_dir": str(tmp_path / "sft"), "global_batch_size": 4,
-                        "micro_batch_size": 2, "max_steps": 4, "save_interval": 2, "progress": False,
-                        "peak_flops": 1e11} | trainer,
-            "optim": {"lr": 3e-3},
-            "scheduler": {"name": "linear", "alpha_f": 0.0},
-        }
-        path = tmp_path / name
-        path.write_text(yaml.safe_dump(raw))
-        return path
+        return write_config(tmp_path / name, base_checkpoint, "sft",
+                            {"paths": [sft_data], "max_seq_len": MAX_SEQ_LEN, "seed": 2} | (sft or {}),
+                            {"max_steps": 4} | trainer, {"lr": 3e-3}, {"name": "linear", "alpha_f": 0.0})
 
     return make
 
@@ -89,16 +90,8 @@ def dpo_data(tmp_path):
 @pytest.fixture
 def dpo_config(tmp_path, base_checkpoint, dpo_data):
     def make(name="dpo.yaml", dpo=None, **trainer):
-        raw = {
-            "dpo": {"paths": [dpo_data], "max_seq_len": MAX_SEQ_LEN, "beta": 0.5} | (dpo or {}),
-            "trainer": {"load_path": str(base_checkpoint), "run_dir": str(tmp_path / "dpo"), "global_batch_size": 4,
-                        "micro_batch_size": 2, "max_steps": 2, "save_interval": 2, "progress": False,
-                        "peak_flops": 1e11} | trainer,
-            "optim": {"lr": 1e-3},
-            "scheduler": {"name": "constant"},
-        }
-        path = tmp_path / name
-        path.write_text(yaml.safe_dump(raw))
-        return path
+        return write_config(tmp_path / name, base_checkpoint, "dpo",
+                            {"paths": [dpo_data], "max_seq_len": MAX_SEQ_LEN, "beta": 0.5} | (dpo or {}),
+                            trainer, {"lr": 1e-3}, {"name": "constant"})
 
     return make

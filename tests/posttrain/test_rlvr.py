@@ -16,7 +16,7 @@ from olmolab.revisions import list_revisions
 from olmolab.train.metrics import read_metrics
 
 from ..train.test_trainer import final_weights
-from .conftest import MAX_SEQ_LEN, write_jsonl
+from .conftest import MAX_SEQ_LEN, write_config, write_jsonl
 
 
 @pytest.fixture
@@ -31,18 +31,11 @@ def rlvr_config(tmp_path, base_checkpoint):
     data = write_jsonl(tmp_path / "prompts.jsonl", rows)
 
     def make(name="rlvr.yaml", rlvr=None, **trainer):
-        raw = {
-            "rlvr": {"paths": [data], "max_seq_len": MAX_SEQ_LEN, "samples_per_prompt": 4, "response_length": 6,
-                     "sample_interval": 1, "samples_logged": 2} | (rlvr or {}),
-            "trainer": {"load_path": str(base_checkpoint), "run_dir": str(tmp_path / "rlvr"), "global_batch_size": 2,
-                        "micro_batch_size": 1, "max_steps": 2, "save_interval": 1, "progress": False,
-                        "peak_flops": 1e11} | trainer,
-            "optim": {"lr": 1e-3},
-            "scheduler": {"name": "constant"},
-        }
-        path = tmp_path / name
-        path.write_text(yaml.safe_dump(raw))
-        return path
+        section = {"paths": [data], "max_seq_len": MAX_SEQ_LEN, "samples_per_prompt": 4, "response_length": 6,
+                   "sample_interval": 1, "samples_logged": 2} | (rlvr or {})
+        return write_config(tmp_path / name, base_checkpoint, "rlvr", section,
+                            {"global_batch_size": 2, "micro_batch_size": 1, "save_interval": 1} | trainer,
+                            {"lr": 1e-3}, {"name": "constant"})
 
     return make
 
