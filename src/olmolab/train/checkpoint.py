@@ -27,7 +27,6 @@ import json
 import pickle
 import random
 import shutil
-import sys
 import warnings
 from pathlib import Path
 
@@ -46,7 +45,7 @@ from torch.distributed.checkpoint.state_dict import (
 from olmolab import model_files
 from olmolab.errors import UserError, first_line
 from olmolab.model import ModelConfig
-from olmolab.revisions import Revision, list_revisions, revision_name
+from olmolab.revisions import list_revisions, revision_name
 from olmolab.train import distributed as dist_utils
 from olmolab.train import safe_dcp
 
@@ -117,19 +116,6 @@ def check_revision(path: Path) -> list[str]:
     except UserError as e:
         problems.append(str(e).removeprefix(f"{path}/"))
     return problems
-
-
-def intact_revisions(run_dir: Path, *, warn: bool = True) -> list[Revision]:
-    """The run's revisions that `check_revision` finds intact, by step; damaged ones are named
-    on stderr (`warn`) and left in place for the user to inspect."""
-    intact = []
-    for revision in list_revisions(run_dir):
-        problems = check_revision(revision.path)
-        if not problems:
-            intact.append(revision)
-        elif warn:
-            print(f"olmolab: skipping damaged revision {revision.path}: {'; '.join(problems)}", file=sys.stderr)
-    return intact
 
 
 def remove_leftovers(run_dir: Path) -> None:

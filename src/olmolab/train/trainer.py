@@ -106,11 +106,8 @@ class Trainer:
         with torch.device(self.device):
             model = Transformer(config.model)
         self.state = TrainState()
-        resumable = ckpt.intact_revisions(self.run_dir, warn=self.rank == 0)
-        if list_revisions(self.run_dir) and not resumable:
-            raise UserError(f"{self.run_dir}: every revision in it is damaged (see above); move them away "
-                            f"to start the run afresh")
-        if not resumable and tc.load_path and tc.reset_trainer_state:
+        revisions = list_revisions(self.run_dir)
+        if not revisions and tc.load_path and tc.reset_trainer_state:
             self._load_weights_only(model, tc.load_path)
         self.raw_model = model
         self.model = dist_utils.parallelize(
@@ -118,8 +115,8 @@ class Trainer:
             compile_blocks=tc.compile, activation_checkpointing=tc.activation_checkpointing,
         )
         self.optimizer = build_optimizer(self.model, config.optim)
-        if resumable:
-            self._resume_from_newest_loadable(resumable)
+        if revisions:
+            self._resume_from_newest_loadable(revisions)
         elif tc.load_path and not tc.reset_trainer_state:
             self._resume(Path(tc.load_path))
 
@@ -191,16 +188,17 @@ class Trainer:
                             f"`model:` section, or start a new run (another trainer.run_dir)")
 
     def _resume_from_newest_loadable(self, revisions: list[Revision]) -> None:
-        """Resume from the newest revision that loads, warning about each newer one that does not."""
+        """Resume from the newest revision that loads, warning about each newer one that does not
+        (its error starts with its path). Older revisions are not even read."""
         for revision in reversed(revisions):
             try:
                 self._resume(revision.path)
                 return
             except ckpt.DamagedCheckpoint as e:
                 if self.rank == 0:
-                    print(f"olmolab: skipping damaged revision {revision.path}: {e}", file=sys.stderr)
-        raise UserError(f"{self.run_dir}: no revision in it can be loaded (see above); move them away to "
-                        f"start the run afresh")
+                    print(f"olmolab: skipping damaged revision {e}", file=sys.stderr)
+        raise UserError(f"{self.run_dir}: every revision in it is damaged (see above); move them away "
+                        f"to start the run afresh")
 
     def _resume(self, path: Path) -> None:
         self._check_same_model(ckpt.saved_model_config(path), path)
