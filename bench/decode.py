@@ -13,7 +13,10 @@ machine is shared, and the fastest run is the one the other tenants disturbed le
 median is printed too). Both sides' greedy outputs are checked to be identical.
 
 At batch 1 it also times olmolab's compiled decoding (`GenerationConfig(compile=True)`), whose
-one-off compilation is printed apart from the rates.
+one-off compilation is printed apart from the rates. Where the CPU has a bf16 unit (AMX or
+AVX512-BF16) it times olmolab with the weights in bf16 (`olmolab generate --dtype bf16`) too, and
+says whether its greedy outputs match fp32's (reported, not required: bf16 rounding may change
+an argmax).
 
     python bench/decode.py [--batch-sizes 1 8] [--prompt-len 64] [--new-tokens 128] [--rounds 7]
 """
@@ -21,6 +24,7 @@ one-off compilation is printed apart from the rates.
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import sys
 import tempfile
@@ -35,6 +39,9 @@ from common import BENCH_MODEL, setup
 from olmolab import Transformer
 from olmolab.convert import hf
 from olmolab.generation import GenerationConfig, generate
+from olmolab.kernels.cpu_matmul import cpu_bf16_matmul_unit
+from olmolab.precision import resolve_precision
+from olmolab.train.energy import cpu_model_name
 
 TARGETS = {1: 3.0, 8: 2.0}  # decode speed-ups the issue asks for, by batch size
 
@@ -84,6 +91,12 @@ def main() -> None:
         hf.export(ours, tmp)
         theirs = AutoModelForCausalLM.from_pretrained(tmp).eval()
 
+    bf16 = None
+    if cpu_bf16_matmul_unit() is None:
+        print(f"olmolab bf16 skipped: {resolve_precision('bf16', 'cpu').reason.removeprefix('asked for, though ')}")
+    else:
+        bf16 = copy.deepcopy(ours).to(torch.bfloat16)
+    print(f"CPU: {cpu_model_name()} (bf16 unit: {cpu_bf16_matmul_unit() or 'none'})")
     print(f"bench model: {BENCH_MODEL.name}, d_model {BENCH_MODEL.d_model}, {BENCH_MODEL.n_layers} layers, "
           f"vocab {BENCH_MODEL.embedding_size}, fp32, {torch.get_num_threads()} threads; prompt {args.prompt_len} "
           f"tokens, {args.new_tokens} new tokens, greedy, best of {args.rounds} alternating rounds")
@@ -95,13 +108,15 @@ def main() -> None:
         sides = {"olmolab": olmolab_side(ours, prompts), "transformers": transformers_side(theirs, prompts)}
         if batch == 1:  # compiled decoding serves one prompt at a time on CPU (GenerationConfig.compile)
             sides["olmolab compiled"] = olmolab_side(ours, prompts, compile=True)
+        if bf16 is not None:
+            sides["olmolab bf16"] = olmolab_side(bf16, prompts)
         outputs = {}
         for name, fn in sides.items():  # also warms each side up
             t0 = time.perf_counter()
             outputs[name] = fn(args.new_tokens)
             if name == "olmolab compiled":
                 print(f"{batch:>5} {name:<16} first call, compiling the decode step: {time.perf_counter() - t0:.1f} s")
-        identical = all(out == outputs["transformers"] for out in outputs.values())
+        identical = all(out == outputs["transformers"] for name, out in outputs.items() if name != "olmolab bf16")
         samples = {name: ([], []) for name in sides}
         for _ in range(args.rounds):
             for name, fn in sides.items():
@@ -121,7 +136,10 @@ def main() -> None:
             label = f"ratio {name.removeprefix('olmolab').strip()}".strip()
             print(f"{batch:>5} {label:<16} "
                   f"{prefill_ratio:>13.2f}x {decode_ratio:>12.2f}x{verdict}")
-        print(f"{batch:>5} greedy outputs of every side identical: {identical}")
+        print(f"{batch:>5} greedy outputs of every fp32 side identical: {identical}")
+        if bf16 is not None:
+            same = sum(a == b for a, b in zip(outputs["olmolab bf16"], outputs["olmolab"], strict=True))
+            print(f"{batch:>5} bf16 greedy outputs matching fp32's: {same} of {batch} prompts")
         mismatched |= not identical
     sys.exit(1 if mismatched else 0)  # speed is reported; different outputs are a bug
 

@@ -9,8 +9,10 @@ token counts. Three ways to score the same requests, alternated within each roun
 - packed: each distinct context run once with all its continuations packed behind it (`pack=True`,
           the default), logits computed only where tokens are scored.
 
-All three must agree on every log-likelihood (checked below). Prints examples/s and the ratio
-against naive for each PIQA variant.
+All three must agree on every log-likelihood (checked below). Where the CPU has a bf16 unit
+(AMX or AVX512-BF16), a fourth side scores packed with the weights in bf16 (`olmolab eval
+--dtype bf16`); its log-likelihoods are reported against fp32's, not required to agree. Prints
+examples/s and the ratio against naive for each PIQA variant.
 
     python bench/eval.py [--variants rc:0,rc:5,mc:5] [--examples 32] [--rounds 3] [--batch-size 32]
 """
@@ -18,6 +20,7 @@ against naive for each PIQA variant.
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import sys
 import time
@@ -32,6 +35,9 @@ from common import BENCH_MODEL, bench_tokenizer, setup
 from olmolab import Transformer
 from olmolab.eval.downstream import all_requests, fit_window, loglikelihoods, tokenize_requests
 from olmolab.eval.tasks import TaskSpec, build_examples
+from olmolab.kernels.cpu_matmul import cpu_bf16_matmul_unit
+from olmolab.precision import resolve_precision
+from olmolab.train.energy import cpu_model_name
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -50,7 +56,7 @@ def naive_loglikelihoods(model, pairs) -> np.ndarray:
     return np.array(out)
 
 
-def bench_variant(model, tokenizer, spec: TaskSpec, n_examples: int, rounds: int, batch_size: int) -> None:
+def bench_variant(model, bf16, tokenizer, spec: TaskSpec, n_examples: int, rounds: int, batch_size: int) -> None:
     examples = build_examples(spec, SHARED / "eval", limit=n_examples)
     pairs = tokenize_requests(all_requests(examples), tokenizer)
     sides = {
@@ -58,6 +64,8 @@ def bench_variant(model, tokenizer, spec: TaskSpec, n_examples: int, rounds: int
         "rows": lambda: loglikelihoods(model, pairs, batch_size, pack=False)[0],
         "packed": lambda: loglikelihoods(model, pairs, batch_size, pack=True)[0],
     }
+    if bf16 is not None:
+        sides["packed bf16"] = lambda: loglikelihoods(bf16, pairs, batch_size, pack=True)[0]
     times: dict[str, list[float]] = {name: [] for name in sides}
     results = {}
     for _ in range(rounds):
@@ -76,7 +84,10 @@ def bench_variant(model, tokenizer, spec: TaskSpec, n_examples: int, rounds: int
     naive = statistics.median(times["naive"])
     for name in sides:
         median = statistics.median(times[name])
-        print(f"  {name:7s} {n_examples / median:7.2f} examples/s   {naive / median:5.2f}x naive")
+        print(f"  {name:11s} {n_examples / median:7.2f} examples/s   {naive / median:5.2f}x naive")
+    if bf16 is not None:
+        diff = np.abs(results["packed bf16"] - results["packed"])
+        print(f"  bf16 log-likelihoods vs fp32: mean |difference| {diff.mean():.4f}, max {diff.max():.4f} nats")
 
 
 def main() -> None:
@@ -94,14 +105,20 @@ def main() -> None:
     setup(args.threads)
     tokenizer = bench_tokenizer(SHARED)
     model = Transformer(BENCH_MODEL).eval()
+    bf16 = None
+    if cpu_bf16_matmul_unit() is None:
+        print(f"packed bf16 skipped: {resolve_precision('bf16', 'cpu').reason.removeprefix('asked for, though ')}")
+    else:
+        bf16 = copy.deepcopy(model).to(torch.bfloat16)
     print(
-        f"bench model {BENCH_MODEL.name}: {model.num_params() / 1e6:.1f}M params, fp32, "
-        f"{torch.get_num_threads()} threads, batch size {args.batch_size}"
+        f"CPU: {cpu_model_name()} (bf16 unit: {cpu_bf16_matmul_unit() or 'none'}); bench model {BENCH_MODEL.name}: "
+        f"{model.num_params() / 1e6:.1f}M params, {torch.get_num_threads()} threads, batch size {args.batch_size}"
     )
     for variant in args.variants.split(","):
         formulation, shots = variant.split(":")
         bench_variant(
             model,
+            bf16,
             tokenizer,
             TaskSpec("piqa", formulation, int(shots)),
             args.examples,

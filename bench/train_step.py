@@ -1,15 +1,18 @@
 """One training step (forward, backward, grad clipping, AdamW) of olmolab vs transformers.
 
 Same weights, same batch, same optimizer settings, same process; the sides alternate. olmolab
-runs twice: eager, and with each block torch.compile'd (`trainer.compile`, what inductor's
-fusion of the elementwise work between the matmuls is worth on this CPU: 5-10% on an Intel Xeon,
-about nothing on an AMD EPYC). Prints tokens/s of each, MFU against this machine's measured
-fp32 matmul peak, and each olmolab mode's ratio to transformers three ways: of the median
-rounds; the median of each round's own ratio (a round runs the sides back to back, so a slow
-spell of a shared machine that outlasts it slows both); and of each side's fastest round (the
-round the other tenants disturbed least).
+runs eager, with each block torch.compile'd (`trainer.compile`: what inductor's fusion of the
+elementwise work between the matmuls is worth on this CPU), and in bf16 as `trainer.precision:
+bf16` trains (fp32 master weights and AdamW state, bf16 compute copies and activations);
+transformers in fp32 and under `torch.autocast("cpu", bfloat16)`. The bf16 rows run where the CPU
+has a bf16 unit (AMX or AVX512-BF16) and are skipped, saying why, elsewhere. Prints tokens/s of
+each, MFU against this machine's measured matmul peak in the row's precision, and each olmolab
+mode's ratio to transformers fp32 (olmolab bf16's also to olmolab fp32 and to transformers
+bf16) three ways: of the median rounds; the median of each round's own ratio (a round runs
+the sides back to back, so a slow spell of a shared machine that outlasts it slows both); and
+of each side's fastest round (the round the other tenants disturbed least).
 
-    python bench/train_step.py [--rounds 7] [--no-compile] [--keep-freed-memory]
+    python bench/train_step.py [--rounds 7] [--no-compile] [--no-bf16] [--keep-freed-memory]
 
 By default both sides run with the system's malloc, which returns large freed blocks to the
 OS; transformers allocates more large temporaries than olmolab and pays more for that (page
@@ -34,6 +37,10 @@ from common import BENCH_BATCH, BENCH_MODEL, BENCH_SEQ_LEN, interleaved_samples,
 from olmolab import Transformer
 from olmolab.allocator import keep_freed_memory
 from olmolab.convert import hf
+from olmolab.kernels.cpu_matmul import cpu_bf16_matmul_unit
+from olmolab.precision import resolve_precision
+from olmolab.train import distributed as dist_utils
+from olmolab.train.energy import cpu_model_name
 from olmolab.train.metrics import measure_matmul_flops
 from olmolab.train.optim import OptimConfig, build_optimizer
 
@@ -48,9 +55,10 @@ def olmolab_step(model, optimizer, ids, labels):
     return step
 
 
-def transformers_step(model, optimizer, ids):
+def transformers_step(model, optimizer, ids, autocast=False):
     def step():
-        out = model(input_ids=ids, labels=ids)  # HF shifts the labels itself
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = model(input_ids=ids, labels=ids)  # HF shifts the labels itself
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -69,6 +77,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-compile", action="store_true",
                         help="eager olmolab only (no C++ compiler here, or to save the compilation)")
+    parser.add_argument("--no-bf16", action="store_true", help="fp32 rows only")
     parser.add_argument("--keep-freed-memory", action="store_true",
                         help="tune malloc as olmolab's trainer does on CPU (olmolab/allocator.py), for both sides")
     args = parser.parse_args()
@@ -87,12 +96,19 @@ def main() -> None:
         for block in compiled.blocks:
             block.compile()
 
+    bf16 = None if args.no_bf16 else bf16_copy(ours)
+
     ids = torch.randint(0, BENCH_MODEL.vocab_size, (BENCH_BATCH, BENCH_SEQ_LEN))
     labels = torch.cat([ids[:, 1:], torch.full((BENCH_BATCH, 1), -100)], dim=1)
     steps = {"olmolab": olmolab_step(ours, adamw(ours), ids, labels)}
     if compiled is not None:
         steps["olmolab compiled"] = olmolab_step(compiled, adamw(compiled), ids, labels)
+    if bf16 is not None:
+        steps["olmolab bf16"] = olmolab_step(bf16, adamw(bf16), ids, labels)
     steps["transformers"] = transformers_step(theirs, adamw(theirs), ids)
+    if bf16 is not None:
+        autocast = copy.deepcopy(theirs)
+        steps["transformers bf16"] = transformers_step(autocast, adamw(autocast), ids, autocast=True)
     for name, step in list(steps.items()):  # warm-up: allocator, AdamW state, compilation
         try:
             step(), step()
@@ -104,26 +120,43 @@ def main() -> None:
             del steps[name]
     # The trainer's own MFU denominator, measured before and after the rounds: a single
     # measurement taken in a slow spell of a shared machine understates the peak (MFU over 100%).
-    peak = measure_matmul_flops(n=2048)
+    dtypes = (torch.float32, torch.bfloat16) if bf16 is not None else (torch.float32,)
+    peaks = {dtype: measure_matmul_flops(n=2048, dtype=dtype) for dtype in dtypes}
     samples = interleaved_samples(steps, rounds=args.rounds)
-    peak = max(peak, measure_matmul_flops(n=2048))
+    peaks = {dtype: max(peak, measure_matmul_flops(n=2048, dtype=dtype)) for dtype, peak in peaks.items()}
     seconds = {name: statistics.median(s) for name, s in samples.items()}
     tokens = BENCH_BATCH * BENCH_SEQ_LEN
     flops = BENCH_MODEL.flops_per_token(BENCH_SEQ_LEN) * tokens
-    print(f"bench model: {BENCH_MODEL.num_params() / 1e6:.1f}M params, batch {BENCH_BATCH} x seq {BENCH_SEQ_LEN}, "
-          f"fp32, {args.threads} threads, "
+    print(f"CPU: {cpu_model_name()}; bench model: {BENCH_MODEL.num_params() / 1e6:.1f}M params, "
+          f"batch {BENCH_BATCH} x seq {BENCH_SEQ_LEN}, {args.threads} threads, "
           f"malloc {'keeping freed memory (both sides)' if args.keep_freed_memory else 'as the system set it'}")
-    print(f"MFU = 6*(non-embedding + lm_head params) + 12*layers*d_model*seq FLOPs per token "
-          f"/ measured fp32 matmul peak {peak / 1e9:.0f} GFLOP/s (MKL or oneDNN, the faster)")
+    print("MFU = 6*(non-embedding + lm_head params) + 12*layers*d_model*seq FLOPs per token / the measured "
+          "matmul peak of the row's precision (MKL or oneDNN, the faster): "
+          + ", ".join(f"{str(d).removeprefix('torch.')} {p / 1e9:.0f} GFLOP/s" for d, p in peaks.items()))
     for name, s in seconds.items():
+        peak = peaks[torch.bfloat16 if "bf16" in name else torch.float32]
         spread = f"rounds {min(samples[name]) * 1e3:.0f}-{max(samples[name]) * 1e3:.0f} ms"
-        print(f"  {name:16s} {s * 1e3:8.1f} ms/step  {tokens / s:9.0f} tokens/s  MFU {flops / s / peak:6.1%}  ({spread})")
+        print(f"  {name:17s} {s * 1e3:8.1f} ms/step  {tokens / s:9.0f} tokens/s  MFU {flops / s / peak:6.1%}  ({spread})")
     for name in steps:
-        if name != "transformers":
-            paired = statistics.median(t / o for t, o in zip(samples["transformers"], samples[name], strict=True))
-            best = min(samples["transformers"]) / min(samples[name])
-            print(f"ratio {name} / transformers (tokens/s): {seconds['transformers'] / seconds[name]:.2f}x "
+        anchors = ["transformers"] + (["olmolab", "transformers bf16"] if name == "olmolab bf16" else [])
+        for anchor in anchors if name != "transformers" else []:
+            paired = statistics.median(t / o for t, o in zip(samples[anchor], samples[name], strict=True))
+            best = min(samples[anchor]) / min(samples[name])
+            print(f"ratio {name} / {anchor} (tokens/s): {seconds[anchor] / seconds[name]:.2f}x "
                   f"(median of each round's ratio: {paired:.2f}x; fastest rounds: {best:.2f}x)")
+
+
+def bf16_copy(model):
+    """A copy of `model` set up as the trainer's `precision: bf16` sets it up on CPU (fp32 master
+    weights, bf16 compute copies: FSDP2's mixed precision on a one-process group), or None, saying
+    why, where the CPU has no bf16 unit (bf16 would be emulated, and this table would say nothing)."""
+    precision = resolve_precision("bf16", "cpu")
+    if cpu_bf16_matmul_unit() is None:
+        print(f"olmolab bf16 and transformers bf16 skipped: {precision.reason.removeprefix('asked for, though ')}")
+        return None
+    print(f"bf16 rows on this CPU's {cpu_bf16_matmul_unit()} (precision auto: {resolve_precision('auto', 'cpu')})")
+    return dist_utils.parallelize(copy.deepcopy(model), strategy="ddp", device=torch.device("cpu"), bf16=True,
+                                  compile_blocks=False, activation_checkpointing=False)
 
 
 if __name__ == "__main__":

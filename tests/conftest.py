@@ -1,13 +1,20 @@
 """Shared test fixtures: deterministic torch, where the shared data lives, a tiny tokenizer and
 tiny random models (generation and inference tests use both)."""
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
 from olmolab import ModelConfig, Transformer
+from olmolab.kernels.cpu_matmul import CPU_BF16_ENV
 from olmolab.tokenizer import train_bpe
+
+# `precision: auto` (every config's default) computes in bf16 on a CPU with AMX and in fp32
+# elsewhere; the suite's results must not depend on which machine runs it, so its auto is fp32
+# everywhere (subprocesses inherit this), and the bf16 tests ask for bf16.
+os.environ[CPU_BF16_ENV] = "none"
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"

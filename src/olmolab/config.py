@@ -49,7 +49,9 @@ class TrainerConfig:
     device: str = "auto"
     """auto (CUDA if present), cpu, cuda."""
     precision: str = "auto"
-    """auto (bf16 autocast on CUDA, fp32 on CPU), fp32, bf16."""
+    """fp32, bf16 (bf16 compute, fp32 master weights and optimizer state), or auto: bf16 where the
+    device multiplies bf16 fast (a CUDA GPU with bf16; a CPU with AMX or AVX512-BF16), else fp32.
+    See olmolab/precision.py."""
     distributed: str = "auto"
     """Under torchrun: ddp or fsdp (FSDP2); auto = ddp. Ignored in one process."""
     compile: bool = False

@@ -45,11 +45,12 @@ def test_revisions_are_named_like_olmo():
     assert format_tokens(2_460_000_000_000) == "2T" and format_tokens(12_582_912) == "13M"
 
 
-def test_resume_after_kill_is_bitwise_identical(tiny_run, tmp_path):
-    straight, _ = tiny_run("straight.yaml", run_dir=str(tmp_path / "straight"))
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_resume_after_kill_is_bitwise_identical(tiny_run, tmp_path, precision):
+    straight, _ = tiny_run("straight.yaml", run_dir=str(tmp_path / "straight"), precision=precision)
     subprocess.run(olmolab_cmd("train", straight), check=True, env=run_env(), capture_output=True)
 
-    killed, _ = tiny_run("killed.yaml", run_dir=str(tmp_path / "killed"))
+    killed, _ = tiny_run("killed.yaml", run_dir=str(tmp_path / "killed"), precision=precision)
     proc = subprocess.Popen(olmolab_cmd("train", killed), env=run_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120

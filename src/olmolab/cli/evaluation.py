@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from olmolab.allocator import keep_freed_memory
-from olmolab.cli.common import add_command
+from olmolab.cli.common import add_command, add_dtype_argument, chosen_precision, say_precision
 from olmolab.errors import UserError
 from olmolab.eval.downstream import TaskResult, evaluate_task
 from olmolab.eval.gen_eval import GenSpec, evaluate_generative
@@ -82,6 +82,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="prompts per task shown in the JSON (default 3); generative tasks list every answer",
     )
     parser.add_argument("--device", default="auto", help="cpu, cuda, ... (default: cuda if available)")
+    add_dtype_argument(parser)
     parser.set_defaults(handler=run)
 
 
@@ -101,19 +102,21 @@ def run(args: argparse.Namespace) -> int:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     if device == "cpu":
         keep_freed_memory()  # scoring allocates large logits every batch (olmolab/allocator.py)
-    model, tokenizer = olmolab.load(args.checkpoint, device=device)
+    precision = chosen_precision(args, device)
+    model, tokenizer = olmolab.load(args.checkpoint, device=device, dtype=precision.dtype)
     if args.tokenizer:
         tokenizer = Tokenizer.from_file(args.tokenizer)
         check_tokenizer(model.config, tokenizer, source=str(args.tokenizer))
     if tokenizer is None:
         raise UserError(f"{args.checkpoint}: no tokenizer.json with the checkpoint; pass --tokenizer PATH")
     model.eval()
+    say_precision(precision)
     started = time.perf_counter()
     results = [evaluate_spec(model, tokenizer, spec, args) for spec in specs]
     perplexities = [perplexity_of(model, tokenizer, Path(path), args) for path in args.perplexity]
     print(format_table(results, perplexities))
     if args.output:
-        write_json(Path(args.output), args, results, perplexities, time.perf_counter() - started)
+        write_json(Path(args.output), args, results, perplexities, time.perf_counter() - started, precision.name)
         print(f"wrote {args.output}")
     return 0
 
@@ -172,10 +175,12 @@ def write_json(
     results: list[TaskResult],
     perplexities: list[PerplexityResult],
     seconds: float,
+    dtype: str,
 ) -> None:
     report = {
         "checkpoint": str(args.checkpoint),
         "settings": {
+            "dtype": dtype,
             "limit": args.limit, "num_fewshot": args.num_fewshot, "batch_size": args.batch_size,
             "data_dir": str(resolve_data_dir(args.data_dir)), "pmi": not args.no_pmi, "stride": args.stride,
             "chat": args.chat, "max_new_tokens": args.max_new_tokens,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from olmolab.cli.common import add_command
+from olmolab.cli.common import add_command, add_dtype_argument, chosen_precision, say_precision
 from olmolab.errors import UserError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -60,8 +60,7 @@ to the terminal; --prompts-file generates in left-padded batches and writes one 
                    help="each prompt is a user message: apply the chat template and generate the assistant's reply")
     p.add_argument("--system", metavar="TEXT", help="with --chat: a system message before each prompt")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
-                   help="weights' dtype (bfloat16 is for CUDA; it is very slow on CPU)")
+    add_dtype_argument(p)
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the decode step: ~2x faster per token for a single prompt on CPU, "
                         "after a one-off compilation of several seconds; worth it for long generations")
@@ -81,7 +80,9 @@ def _generate(args) -> int:
         raise UserError(f"--batch-size {args.batch_size} must be at least 1")
     prompts = [args.prompt] if args.prompt is not None else _read_prompts(args.prompts_file)
     stops = [_unescape(s) for s in args.stop]
-    model, tokenizer = load(args.checkpoint, device=_device(args.device), dtype=DTYPES[args.dtype])
+    device = _device(args.device)
+    precision = chosen_precision(args, device)
+    model, tokenizer = load(args.checkpoint, device=device, dtype=precision.dtype)
     if args.tokenizer is not None:
         tokenizer = Tokenizer.from_file(args.tokenizer)
         check_tokenizer(model.config, tokenizer, source=str(args.tokenizer))
@@ -91,6 +92,7 @@ def _generate(args) -> int:
         raise UserError("--system needs --chat")
     model_prompts = [_chat_prompt(tokenizer, p, args.system) for p in prompts] if args.chat else prompts
     _warn_if_window_cuts(model_prompts, tokenizer, model.config.max_seq_len, args.max_new_tokens)
+    say_precision(precision)
 
     if args.prompt is not None:
         if not args.completion_only and not args.chat:

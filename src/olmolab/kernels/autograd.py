@@ -36,17 +36,19 @@ class _RMSNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, eps: float) -> Tensor:
         d = x.shape[-1]
-        xf = x.reshape(-1, d).float()
+        xf = x.float()
         # One read of x for the norm, rather than squaring into a temporary and averaging it.
         rstd = torch.rsqrt(torch.linalg.vector_norm(xf, dim=-1, keepdim=True).square_() / d + eps)
         x_hat = xf * rstd  # saved in x's place: the backward needs x_hat, not x
         ctx.save_for_backward(x_hat, weight, rstd)
-        return (x_hat * weight.float()).to(x.dtype).view(x.shape)
+        # In x's shape, not a view of a flattened one: FSDP2 warns of modules returning views.
+        return (x_hat * weight.float()).to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, None]:
         x_hat, weight, rstd = ctx.saved_tensors
         d = x_hat.shape[-1]
+        x_hat, rstd = x_hat.reshape(-1, d), rstd.reshape(-1, 1)
         dy = grad.reshape(-1, d).float()
         w = weight.float()
         dy_x_hat = dy * x_hat

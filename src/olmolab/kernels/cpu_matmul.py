@@ -17,26 +17,30 @@ import torch.nn.functional as F
 from torch import Tensor
 
 CPU_MATMUL_ENV = "OLMOLAB_CPU_MATMUL"
+CPU_BF16_ENV = "OLMOLAB_CPU_BF16"
 
 
 @functools.cache
 def onednn_linear_works() -> bool:
     """Whether this torch build has oneDNN's linear, and it computes what F.linear does (with the
-    weight as it is, transposed, and packed in oneDNN's blocked layout, as decoding uses it)."""
+    weight as it is, transposed, and packed in oneDNN's blocked layout, as decoding uses it, in
+    fp32 and bf16)."""
     try:
         g = torch.Generator().manual_seed(0)  # not the global RNG: sampling must not depend on this check
         weight, x = (torch.randn(*shape, generator=g, device="cpu") for shape in ((24, 16), (3, 16)))
         packed = pack_for_onednn(weight)
         expected = F.linear(x, weight)
+        x16, weight16 = x.bfloat16(), weight.bfloat16()  # decoding packs bf16 weights too
         return all(
-            torch.allclose(got, want, rtol=1e-4, atol=1e-5)
+            torch.allclose(got.float(), want, rtol=1e-4, atol=1e-5)
             for got, want in (
                 (onednn_linear(x, weight), expected),
                 (onednn_linear(x, packed), expected),
                 (onednn_linear(x, weight.t().contiguous().t()), expected),
                 (onednn_linear(expected, weight.t()), expected @ weight),
             )
-        )
+        ) and torch.allclose(onednn_linear(x16, pack_for_onednn(weight16)).float(),
+                             F.linear(x16, weight16).float(), rtol=2e-2, atol=2e-2)
     except (AttributeError, RuntimeError, NotImplementedError):
         return False
 
@@ -76,6 +80,35 @@ def cpu_vendor() -> str | None:
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return None
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as Linux reports them (`lscpu`'s Flags), empty where unknown."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_bf16_matmul_unit() -> str | None:
+    """The CPU's bf16 dot-product unit, if it has one: "AMX" (Intel's tile unit: a bf16 matmul
+    several times faster than fp32), "AVX512-BF16" (bf16 dot products in vector registers, at
+    about twice fp32's rate), or None (bf16 products are emulated, slower than fp32).
+    `OLMOLAB_CPU_BF16=none` makes it None whatever the CPU (the tests pin it so, so that their
+    `precision: auto` runs compute alike on every machine)."""
+    if os.environ.get(CPU_BF16_ENV, "").strip().lower() == "none":
+        return None
+    flags = cpu_flags()
+    if "amx_bf16" in flags and "amx_tile" in flags:
+        return "AMX"
+    if "avx512_bf16" in flags:
+        return "AVX512-BF16"
     return None
 
 

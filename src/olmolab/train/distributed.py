@@ -6,7 +6,9 @@ to wrap the model. Parallelism is applied from outside, in a fixed order (torcht
     activation checkpointing -> torch.compile per block -> FSDP2 per block, then root  (or DDP)
 
 One process (plain `olmolab train`) needs no process group at all; every helper here then
-answers as rank 0 of 1.
+answers as rank 0 of 1. The exception is bf16 on CPU: its fp32 master weights and bf16 compute
+copies are FSDP2's mixed precision, which runs on a process group, so one process training in
+bf16 starts a group of its own (`start_one_process_group`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from olmolab.errors import UserError
 
 
 def is_distributed() -> bool:
@@ -57,6 +61,12 @@ def init_from_env(device_type: str) -> torch.device:
     return device
 
 
+def start_one_process_group() -> None:
+    """A process group of this process alone (gloo, in memory), for FSDP2 outside torchrun."""
+    if not is_distributed():
+        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+
+
 def shutdown() -> None:
     if is_distributed():
         dist.destroy_process_group()
@@ -80,7 +90,16 @@ def parallelize(
     if compile_blocks:
         for block in model.blocks:
             block.compile()
-    if not is_distributed():
+    if bf16 and device.type == "cpu":
+        # CPU autocast would cast activations back and forth around every op, and each weight
+        # once per micro-batch anyway; FSDP2's policy keeps the activations in bf16 from the
+        # embedding on and casts each fp32 master weight once per forward.
+        if world_size() > 1 and strategy != "fsdp":
+            raise UserError("bf16 on CPU trains under FSDP2's mixed precision: set trainer.distributed=fsdp "
+                            "(or trainer.precision=fp32 to keep DDP)")
+        start_one_process_group()
+        return _fully_shard(model, device, bf16)
+    if world_size() == 1:
         return model
     if strategy == "fsdp":
         return _fully_shard(model, device, bf16)
@@ -94,6 +113,8 @@ def _fully_shard(model: nn.Module, device: torch.device, bf16: bool) -> nn.Modul
     # fp32 master weights in the optimizer.
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else None
     kwargs = {"mp_policy": policy} if policy else {}
+    if world_size() == 1:  # nothing to free by resharding after the forward: only casts again for the backward
+        kwargs["reshard_after_forward"] = False
     for block in model.blocks:
         fully_shard(block, **kwargs)
     fully_shard(model, **kwargs)  # embeddings, final norm and LM head (tied or not) in the root unit
@@ -115,5 +136,7 @@ def set_gradient_sync(model: nn.Module, enabled: bool):
     if isinstance(model, nn.parallel.DistributedDataParallel):
         return contextlib.nullcontext() if enabled else model.no_sync()
     if hasattr(model, "set_requires_gradient_sync"):  # FSDP2
-        model.set_requires_gradient_sync(enabled)
+        # Unsynced gradients accumulate in the compute dtype (bf16 under mixed precision); alone,
+        # "syncing" is a copy into the fp32 gradient, so a lone process always accumulates there.
+        model.set_requires_gradient_sync(enabled or world_size() == 1)
     return contextlib.nullcontext()

@@ -29,21 +29,22 @@ from olmolab.kernels.cpu_matmul import onednn_linear, onednn_linear_works
 GPU_PEAK_FLOPS = {"H100": 989.5e12, "H200": 989.5e12, "A100": 312e12}
 
 
-def peak_flops(device: torch.device, override: float | None) -> float:
-    """Per-device peak: the config's, a GPU's datasheet bf16 figure, or this CPU's measured fp32."""
+def peak_flops(device: torch.device, override: float | None, dtype: torch.dtype = torch.float32) -> float:
+    """Per-device peak: the config's, a GPU's datasheet bf16 figure, or this CPU's measured peak in
+    `dtype` (the run's compute precision: MFU is against the peak of the format in use)."""
     if override:
         return override
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         return next((v for k, v in GPU_PEAK_FLOPS.items() if k in name), 989.5e12)
-    return measure_matmul_flops()
+    return measure_matmul_flops(dtype=dtype)
 
 
-def measure_matmul_flops(n: int = 1024, repeats: int = 10) -> float:
-    """This CPU's fp32 matmul peak, FLOP/s: an (n x n) product's best time, by MKL (`@`) or by
+def measure_matmul_flops(n: int = 1024, repeats: int = 10, dtype: torch.dtype = torch.float32) -> float:
+    """This CPU's matmul peak in `dtype`, FLOP/s: an (n x n) product's best time, by MKL (`@`) or by
     oneDNN (what the model's projections run on, on AMD CPUs), whichever is faster. The best of
     several tries, since a busy machine only ever makes a try slower."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     best = _best_seconds(lambda: a @ b, repeats)
     if onednn_linear_works():
         best = min(best, _best_seconds(lambda: onednn_linear(a, b), repeats))

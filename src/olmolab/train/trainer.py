@@ -39,6 +39,7 @@ from olmolab.eval import build_evaluators
 from olmolab.eval.perplexity import perplexity_from_totals
 from olmolab.model import ModelConfig, Transformer
 from olmolab.model.loss import IGNORE_INDEX
+from olmolab.precision import Precision, resolve_precision
 from olmolab.revisions import Revision, latest_revision, list_revisions
 from olmolab.tokenizer import Tokenizer
 from olmolab.train import checkpoint as ckpt
@@ -100,7 +101,8 @@ class Trainer:
         self.lock = self._lock_run_dir()  # before anything in the run directory is read or written
         ckpt.remove_leftovers(self.run_dir)
         self.accum_steps = tc.check_batch(self.world_size)
-        self.bf16 = tc.precision == "bf16" or (tc.precision == "auto" and device_type == "cuda")
+        self.precision = self._choose_precision()
+        self.bf16 = self.precision.name == "bf16"
 
         torch.manual_seed(tc.seed)
         with torch.device(self.device):
@@ -125,14 +127,14 @@ class Trainer:
         self.evaluators = self._build_evaluators()
 
         self.sinks = MetricSinks(self.run_dir, enabled=self.rank == 0, wandb_project=tc.wandb_project,
-                                 tensorboard=tc.tensorboard, config=config.to_dict())
+                                 tensorboard=tc.tensorboard, config=self.resolved_config())
         self.sinks.truncate_after(self.state.step)
         self.spikes = SpikeDetector(tc.spike_window, tc.spike_sigmas)
         for row in read_metrics(self.run_dir) if self.rank == 0 else []:
             if "loss" in row:
                 self.spikes.recent.append(row["loss"])
         self.throughput = Throughput(config.model.flops_per_token(config.data.seq_len),
-                                     peak_flops(self.device, tc.peak_flops), self.world_size)
+                                     peak_flops(self.device, tc.peak_flops, self.precision.dtype), self.world_size)
 
     # ------------------------------------------------------------------ setup helpers
 
@@ -224,10 +226,25 @@ class Trainer:
             return None
         return Tokenizer.from_file(self.config.trainer.tokenizer)
 
+    def _choose_precision(self) -> Precision:
+        tc = self.config.trainer
+        chosen = resolve_precision(tc.precision, self.device, key="trainer.precision")
+        ddp_on_cpus = self.device.type == "cpu" and self.world_size > 1 and tc.distributed != "fsdp"
+        if tc.precision == "auto" and chosen.name == "bf16" and ddp_on_cpus:  # see dist_utils.parallelize
+            return Precision("fp32", "auto: bf16 on CPU needs trainer.distributed=fsdp")
+        return chosen
+
     def _autocast(self):
         if self.bf16 and self.device.type == "cuda":
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
+
+    def resolved_config(self) -> dict:
+        """The run's config as it runs: `trainer.precision: auto` is written as what it chose here,
+        so the file says how the run computed (and reproduces it when given back)."""
+        config = self.config.to_dict()
+        config["trainer"]["precision"] = self.precision.name
+        return config
 
     # ------------------------------------------------------------------ the loop
 
@@ -235,9 +252,11 @@ class Trainer:
         tc = self.config.trainer
         if self.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
+            (self.run_dir / "config.json").write_text(json.dumps(self.resolved_config(), indent=2) + "\n")
+            if tc.progress:
+                tqdm.write(f"olmolab: computing in {self.precision}", file=sys.stderr)
         bar = tqdm(total=self.max_steps, initial=self.state.step, disable=self.rank != 0 or not tc.progress,
-                   unit="step", dynamic_ncols=True)
+                   unit="step", dynamic_ncols=True, desc=self.precision.name)
         batches = iter(self.loader)
         last_row: dict = {}
         self.energy = EnergyMeter(self.run_dir, self.device, tc.watts_per_core)
@@ -421,7 +440,7 @@ class Trainer:
                        "consecutive_skipped_steps": self.state.consecutive_skipped_steps,
                        "world_size": self.world_size, "data": self.loader.state_dict(), "time": time.time()}
         ckpt.save_checkpoint(self.run_dir, model=self.model, optimizer=self.optimizer, train_state=train_state,
-                             run_config=self.config.to_dict(), tokenizer_path=tc.tokenizer)
+                             run_config=self.resolved_config(), tokenizer_path=tc.tokenizer)
         ckpt.prune(self.run_dir, tc.keep_last, tc.permanent_interval)
         self.energy.record(self.state.step)
         self.throughput.resume()
