@@ -2,6 +2,9 @@
 
 import json
 import random
+import signal
+import subprocess
+import time
 from collections import Counter
 
 import pytest
@@ -15,7 +18,7 @@ from olmolab.posttrain.rlvr import response_batch, rlvr_row, token_logps, tokeni
 from olmolab.revisions import list_revisions
 from olmolab.train.metrics import read_metrics
 
-from ..train.test_trainer import final_weights
+from ..train.test_trainer import final_weights, olmolab_cmd, run_env
 from .conftest import MAX_SEQ_LEN, write_config, write_jsonl
 
 
@@ -115,6 +118,44 @@ def test_a_resumed_run_samples_and_trains_exactly_as_the_uninterrupted_one(rlvr_
         return curve, samples, final_weights(tmp_path / name)
 
     assert run("stopped") == run("straight")
+    assert any(r["groups/dropped_fraction"] < 1 for r in read_metrics(tmp_path / "straight") if "loss" in r)
+
+
+@pytest.mark.slow  # three runs as subprocesses: ~40 s on a quiet 2-core machine
+def test_resume_after_sigkill_is_bitwise_identical(rlvr_config, tmp_path):
+    """`olmolab rlvr` SIGKILLed after its step-2 revision (mid-rollout, mid-update or mid-save) and
+    started again ends with the uninterrupted run's metrics, samples and weights, bit for bit: the
+    revision holds the step, the optimizer and the data order, and the sampling seed is a pure
+    function of (seed, step, rank). Run as subprocesses, so only a built-in verifier is at hand:
+    `gsm8k` with "1" as the answer, which the random model's responses sometimes end on."""
+    data = write_jsonl(tmp_path / "ones.jsonl", [{"messages": [{"role": "user", "content": f"What is {i} - {i - 1}?"}],
+                                                  "ground_truth": "1", "dataset": "gsm8k"} for i in range(4)])
+    rlvr = {"paths": [data], "samples_per_prompt": 8, "samples_logged": 16}
+    settings = {"max_steps": 6, "save_interval": 1, "keep_last": 2}
+    straight = rlvr_config("straight.yaml", rlvr=rlvr, run_dir=str(tmp_path / "straight"), **settings)
+    subprocess.run(olmolab_cmd("rlvr", straight), check=True, env=run_env(), capture_output=True)
+
+    killed = rlvr_config("killed.yaml", rlvr=rlvr, run_dir=str(tmp_path / "killed"), **settings)
+    proc = subprocess.Popen(olmolab_cmd("rlvr", killed), env=run_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not any(r.step >= 2 for r in list_revisions(tmp_path / "killed")) and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)  # no chance to clean up
+    proc.wait()
+    assert list_revisions(tmp_path / "killed"), "the run was killed before its first revision"
+    assert max(r.step for r in list_revisions(tmp_path / "killed")) < 6, "the run finished before the kill"
+    subprocess.run(olmolab_cmd("rlvr", killed), check=True, env=run_env(), capture_output=True)
+
+    def run(name):
+        rows = [r for r in read_metrics(tmp_path / name) if "loss" in r]
+        curve = [(r["step"], r["loss"], r["reward/mean"], r["kl"], r["response_length"], r["grad_norm"]) for r in rows]
+        return curve, (tmp_path / name / "samples.jsonl").read_text(), final_weights(tmp_path / name)
+
+    curve, _, _ = run("straight")
+    assert [step for step, *_ in curve] == [1, 2, 3, 4, 5, 6]
+    assert run("killed") == run("straight")
+    # not a run that learned nothing (all groups dropped), whose weights would match trivially
     assert any(r["groups/dropped_fraction"] < 1 for r in read_metrics(tmp_path / "straight") if "loss" in r)
 
 
