@@ -2,6 +2,7 @@
 
 import json
 import random
+import re
 import signal
 import subprocess
 import time
@@ -185,7 +186,7 @@ def test_an_unknown_verifier_is_an_error_naming_the_line(rlvr_config, tmp_path, 
                                               {"messages": [{"role": "user", "content": "hi"}],
                                                "ground_truth": "1", "dataset": "gsm9k"}])
     assert main(["rlvr", str(rlvr_config(rlvr={"paths": [bad]}))]) != 0
-    assert "bad.jsonl:2: no verifier named 'gsm9k'; known: gsm8k, math" in capsys.readouterr().err
+    assert re.search(r"bad.jsonl:2: no verifier named 'gsm9k'; known: gsm8k, (ifeval, )?math", capsys.readouterr().err)
 
 
 def test_the_official_1b_recipe_carries_the_published_grpo_hyperparameters():
@@ -221,13 +222,28 @@ def test_grpo_steps_on_the_engine_raise_the_reward_of_a_tiny_model(rlvr_config, 
 
 
 @pytest.mark.slow
-def test_rlvr_under_torchrun_ddp_splits_the_prompts_between_ranks(rlvr_config, tmp_path):
-    from .test_engine import torchrun
+def test_rlvr_under_torchrun_splits_the_prompts_between_ranks_and_fsdp_matches_ddp(rlvr_config, tmp_path):
+    """Two ranks each sample their half of the step's prompts (with their own seeds), under DDP and
+    under FSDP2, where each rank samples from a full copy of the sharded policy: the two runs see the
+    same samples and take the same steps."""
+    from .test_engine import curve, torchrun
 
-    config = rlvr_config(rlvr={"sample_interval": 0}, distributed="ddp", global_batch_size=4, max_steps=2,
-                         save_interval=2)
-    torchrun("rlvr", config)
-    rows = [r for r in read_metrics(tmp_path / "rlvr") if "loss" in r]
-    assert [r["step"] for r in rows] == [1, 2]
-    assert [r["groups"] for r in rows] == [4, 4]  # the logged counts are the global batch's
-    assert [r.step for r in list_revisions(tmp_path / "rlvr")] == [2]
+    # an answer the random model's responses end on now and then (7: about one in twenty), so that
+    # groups of 16 are kept and the weights move
+    data = write_jsonl(tmp_path / "sevens.jsonl", [{"messages": [{"role": "user", "content": f"What is {i} + {7 - i}?"}],
+                                                    "ground_truth": "7", "dataset": "gsm8k"} for i in range(8)])
+    for strategy in ("ddp", "fsdp"):
+        config = rlvr_config(f"{strategy}.yaml", rlvr={"paths": [data], "samples_per_prompt": 16, "response_length": 8,
+                                                       "sample_interval": 0},
+                             run_dir=str(tmp_path / strategy), distributed=strategy, global_batch_size=4,
+                             max_steps=3, save_interval=3)
+        torchrun("rlvr", config)
+        rows = [r for r in read_metrics(tmp_path / strategy) if "loss" in r]
+        assert [r["step"] for r in rows] == [1, 2, 3]
+        assert [r["groups"] for r in rows] == [4, 4, 4]  # the logged counts are the global batch's
+        assert [r.step for r in list_revisions(tmp_path / strategy)] == [3]
+    keys = ("loss", "grad_norm", "reward/mean", "response_length", "kl")
+    ddp, fsdp = curve(tmp_path / "ddp", keys), curve(tmp_path / "fsdp", keys)
+    assert any(r["groups/dropped_fraction"] < 1 for r in read_metrics(tmp_path / "ddp") if "loss" in r)
+    for row, expected in zip(fsdp, ddp, strict=True):
+        assert row == pytest.approx(expected, rel=1e-5, abs=1e-6)
