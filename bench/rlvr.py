@@ -4,8 +4,8 @@ The bench model samples `--samples` responses to each of `--prompts` prompts per
 `olmolab rlvr`'s step (RLVRTrainer.train_step: sampling, scoring, reference, update), and
 outside it: `generate` called directly on the same prompts with the same sampling settings, on a
 fresh copy of the updated model. Both sides generate to the full response length, and both
-build the decode kernels' weight layouts of the step's new weights (`forget_derived_weights`
-inside RLVR, a new copy outside). Reported: the median tokens/s of each side and their ratio,
+build the decode kernels' weight layouts of the step's new weights (they live for one `generate`
+call). Reported: the median tokens/s of each side and their ratio,
 and the median share of a step spent sampling, on the rest of the rollout (scoring, the
 reference's log-probs) and learning.
 

@@ -1,4 +1,4 @@
-"""Base -> SFT -> DPO on a task with verifiable answers, on a 2-core CPU in minutes.
+"""Base -> SFT -> DPO and RLVR on a task with verifiable answers, on a 2-core CPU in minutes.
 
     python recipes/posttrain_demo.py                   # everything under runs/posttrain-demo
     python recipes/posttrain_demo.py --out /tmp/demo   # elsewhere; a second run reuses finished stages
@@ -14,9 +14,14 @@ scored at the end are never trained on, in any stage.
 3. DPO (`olmolab dpo`): on-policy pairs. The SFT model samples several answers per training
    problem (temperature 0.7); chosen = one the verifier accepts, rejected = one it refuses.
    The loss and its settings are Tülu 3's for OLMo 2 1B (dpo_norm, beta 5, lr 2.5e-6).
+4. RLVR (`olmolab rlvr`, GRPO): from the SFT model (`--rlvr-from dpo` for the DPO one), on
+   training problems, with the task's verifier registered as `sort_digits` through the verifier
+   registry, the way a user adds their own. Each step samples `--rlvr-samples` answers to each of
+   `--rlvr-batch` problems (at temperature 1, OLMo 2's) and moves the policy toward the group's
+   better ones. In the run the README reports it ended below its start (72.3% from SFT's 75.7%).
 
 Each stage is scored on the held-out problems by greedy decoding: the base model few-shot in
-plain text, the SFT and DPO models in the chat template. The table at the end is the result.
+plain text, the later models in the chat template. The table at the end is the result.
 """
 
 from __future__ import annotations
@@ -39,8 +44,11 @@ from olmolab.config import RunConfig  # noqa: E402
 from olmolab.generation import GenerationConfig, generate_text  # noqa: E402
 from olmolab.posttrain.config import post_train_config_from_dict  # noqa: E402
 from olmolab.posttrain.dpo import DPOTrainer  # noqa: E402
+from olmolab.posttrain.rlvr import RLVRTrainer  # noqa: E402
 from olmolab.posttrain.sft import SFTTrainer  # noqa: E402
+from olmolab.posttrain.verifiers import register_verifier  # noqa: E402
 from olmolab.tokenizer import train_bpe  # noqa: E402
+from olmolab.train.metrics import read_metrics  # noqa: E402
 from olmolab.train.trainer import train  # noqa: E402
 
 PYTHON_DOCS = REPO.parent / "shared" / "data" / "corpora" / "python-docs" / "python-3.11-docs.jsonl.gz"
@@ -67,6 +75,13 @@ def solution(numbers: list[int]) -> str:
 def verify(numbers: list[int], reply: str) -> bool:
     """The verifier: the reply's numbers, in order, are the sorted list."""
     return [int(x) for x in re.findall(r"\d+", reply)] == sorted(numbers)
+
+
+@register_verifier("sort_digits")
+def sort_digits(response: str, ground_truth: list[int]) -> float:
+    """RLVR's verifier (rows say `"dataset": "sort_digits"`, `"ground_truth": [4, 7, 1]`): `verify`
+    on the first line of the response, the part the held-out scoring reads (it stops at a newline)."""
+    return float(verify(ground_truth, response.split("\n")[0]))
 
 
 def problems(seed: int, n: int, split: str) -> list[list[int]]:
@@ -164,7 +179,7 @@ def post_train(method: str, out: Path, load_path: Path, data: Path, section: dic
         "scheduler": {"name": "linear", "alpha_f": 0.0},
     }
     train(post_train_config_from_dict(method, raw, f"posttrain_demo {method}"),
-          SFTTrainer if method == "sft" else DPOTrainer)
+          {"sft": SFTTrainer, "dpo": DPOTrainer, "rlvr": RLVRTrainer}[method])
     return run_dir
 
 
@@ -203,6 +218,28 @@ def on_policy_pairs(out: Path, sft_run: Path, args) -> tuple[Path, float]:
     return path, correct / max(total, 1)
 
 
+def rlvr_prompts(out: Path, args) -> Path:
+    """Training problems as RLVR rows, in open-instruct's format, checked by `sort_digits`."""
+    path = out / "rlvr.jsonl"
+    rows = [{"messages": [{"role": "user", "content": question(p)}], "ground_truth": p, "dataset": "sort_digits"}
+            for p in problems(6, args.rlvr_problems, "train")]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def rlvr_summary(run_dir: Path, temperature: float) -> str:
+    """The sampled answers' accuracy over the first and the last tenth of the RLVR steps."""
+    rows = [r for r in read_metrics(run_dir) if "accuracy" in r]
+    tenth = max(1, len(rows) // 10)
+
+    def mean(part):
+        return sum(r["accuracy"] for r in part) / len(part)
+
+    return (f"RLVR: {len(rows)} steps; sampled answers (temperature {temperature}) {mean(rows[:tenth]):.1%} correct over "
+            f"the first {tenth} steps, {mean(rows[-tenth:]):.1%} over the last {tenth}; "
+            f"KL to the start at the end {rows[-1]['kl']:.4f}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/posttrain-demo"))
@@ -220,6 +257,14 @@ def main() -> int:
     parser.add_argument("--dpo-lr", type=float, default=2.5e-6)
     parser.add_argument("--dpo-loss", choices=["dpo", "dpo_norm"], default="dpo_norm")
     parser.add_argument("--dpo-beta", type=float, default=5.0)
+    parser.add_argument("--rlvr-from", choices=["sft", "dpo"], default="sft", help="the model RLVR starts from")
+    parser.add_argument("--rlvr-problems", type=int, default=2000, help="training problems RLVR samples from")
+    parser.add_argument("--rlvr-steps", type=int, default=50)
+    parser.add_argument("--rlvr-batch", type=int, default=16, help="problems per RLVR step")
+    parser.add_argument("--rlvr-samples", type=int, default=8, help="answers sampled per problem (GRPO's group)")
+    parser.add_argument("--rlvr-lr", type=float, default=5e-6)
+    parser.add_argument("--rlvr-beta", type=float, default=0.01, help="KL weight (OLMo 2 1B's)")
+    parser.add_argument("--rlvr-temperature", type=float, default=1.0, help="of RLVR's samples (OLMo 2's)")
     parser.add_argument("--test-problems", type=int, default=300)
     args = parser.parse_args()
 
@@ -248,12 +293,20 @@ def main() -> int:
         dpo = stage("dpo", post_train, "dpo", out, sft, pairs,
                     {"loss": args.dpo_loss, "beta": args.dpo_beta, "epochs": 1, "warmup_ratio": 0.1}, args.dpo_lr, 16)
         table["DPO"] = stage("eval dpo", accuracy, dpo, test, True)
+    start = dpo if args.rlvr_from == "dpo" and n_pairs else sft
+    rlvr = stage("rlvr", post_train, "rlvr", out, start, rlvr_prompts(out, args),
+                 {"samples_per_prompt": args.rlvr_samples, "response_length": 24, "beta": args.rlvr_beta,
+                  "temperature": args.rlvr_temperature, "sample_interval": 10},
+                 args.rlvr_lr, args.rlvr_batch, args.rlvr_steps)
+    table[f"RLVR (from {start.name.upper()})"] = stage("eval rlvr", accuracy, rlvr, test, True)
     print(f"\nheld-out accuracy on {len(test)} sorting problems never trained on (greedy):")
-    print(f"  {'stage':14s} accuracy")
+    print(f"  {'stage':18s} accuracy")
     for name, value in table.items():
-        print(f"  {name:14s} {value:7.1%}")
-    print(f"(DPO: {n_pairs} on-policy pairs; the SFT model's samples were {sample_accuracy:.1%} correct; "
-          f"total {time.time() - started:.0f} s)")
+        print(f"  {name:18s} {value:7.1%}")
+    print(f"(DPO: {n_pairs} on-policy pairs; the SFT model's samples were {sample_accuracy:.1%} correct)")
+    print(f"({rlvr_summary(rlvr, args.rlvr_temperature)})")
+    print("seconds per stage: " + ", ".join(f"{name} {t:.0f}" for name, t in timings.items())
+          + f"; total {time.time() - started:.0f}")
     (out / "results.json").write_text(json.dumps({"accuracy": table, "pairs": n_pairs, "seconds": timings}, indent=2))
     return 0
 

@@ -2,6 +2,10 @@
 
 import json
 import random
+import re
+import signal
+import subprocess
+import time
 from collections import Counter
 
 import pytest
@@ -15,7 +19,7 @@ from olmolab.posttrain.rlvr import response_batch, rlvr_row, token_logps, tokeni
 from olmolab.revisions import list_revisions
 from olmolab.train.metrics import read_metrics
 
-from ..train.test_trainer import final_weights
+from ..train.test_trainer import final_weights, olmolab_cmd, run_env
 from .conftest import MAX_SEQ_LEN, write_config, write_jsonl
 
 
@@ -118,6 +122,44 @@ def test_a_resumed_run_samples_and_trains_exactly_as_the_uninterrupted_one(rlvr_
     assert any(r["groups/dropped_fraction"] < 1 for r in read_metrics(tmp_path / "straight") if "loss" in r)
 
 
+@pytest.mark.slow  # three runs as subprocesses: ~40 s on a quiet 2-core machine
+def test_resume_after_sigkill_is_bitwise_identical(rlvr_config, tmp_path):
+    """`olmolab rlvr` SIGKILLed after its step-2 revision (mid-rollout, mid-update or mid-save) and
+    started again ends with the uninterrupted run's metrics, samples and weights, bit for bit: the
+    revision holds the step, the optimizer and the data order, and the sampling seed is a pure
+    function of (seed, step, rank). Run as subprocesses, so only a built-in verifier is at hand:
+    `gsm8k` with "1" as the answer, which the random model's responses sometimes end on."""
+    data = write_jsonl(tmp_path / "ones.jsonl", [{"messages": [{"role": "user", "content": f"What is {i} - {i - 1}?"}],
+                                                  "ground_truth": "1", "dataset": "gsm8k"} for i in range(4)])
+    rlvr = {"paths": [data], "samples_per_prompt": 8, "samples_logged": 16}
+    settings = {"max_steps": 6, "save_interval": 1, "keep_last": 2}
+    straight = rlvr_config("straight.yaml", rlvr=rlvr, run_dir=str(tmp_path / "straight"), **settings)
+    subprocess.run(olmolab_cmd("rlvr", straight), check=True, env=run_env(), capture_output=True)
+
+    killed = rlvr_config("killed.yaml", rlvr=rlvr, run_dir=str(tmp_path / "killed"), **settings)
+    proc = subprocess.Popen(olmolab_cmd("rlvr", killed), env=run_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not any(r.step >= 2 for r in list_revisions(tmp_path / "killed")) and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)  # no chance to clean up
+    proc.wait()
+    assert list_revisions(tmp_path / "killed"), "the run was killed before its first revision"
+    assert max(r.step for r in list_revisions(tmp_path / "killed")) < 6, "the run finished before the kill"
+    subprocess.run(olmolab_cmd("rlvr", killed), check=True, env=run_env(), capture_output=True)
+
+    def run(name):
+        rows = [r for r in read_metrics(tmp_path / name) if "loss" in r]
+        curve = [(r["step"], r["loss"], r["reward/mean"], r["kl"], r["response_length"], r["grad_norm"]) for r in rows]
+        return curve, (tmp_path / name / "samples.jsonl").read_text(), final_weights(tmp_path / name)
+
+    curve, _, _ = run("straight")
+    assert [step for step, *_ in curve] == [1, 2, 3, 4, 5, 6]
+    assert run("killed") == run("straight")
+    # not a run that learned nothing (all groups dropped), whose weights would match trivially
+    assert any(r["groups/dropped_fraction"] < 1 for r in read_metrics(tmp_path / "straight") if "loss" in r)
+
+
 @pytest.mark.parametrize(("row", "error"), [
     ({"messages": [{"role": "user", "content": "2+2?"}], "dataset": "gsm8k"}, "'ground_truth'"),
     ({"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}],
@@ -144,7 +186,7 @@ def test_an_unknown_verifier_is_an_error_naming_the_line(rlvr_config, tmp_path, 
                                               {"messages": [{"role": "user", "content": "hi"}],
                                                "ground_truth": "1", "dataset": "gsm9k"}])
     assert main(["rlvr", str(rlvr_config(rlvr={"paths": [bad]}))]) != 0
-    assert "bad.jsonl:2: no verifier named 'gsm9k'; known: gsm8k, math" in capsys.readouterr().err
+    assert re.search(r"bad.jsonl:2: no verifier named 'gsm9k'; known: gsm8k, (ifeval, )?math", capsys.readouterr().err)
 
 
 def test_the_official_1b_recipe_carries_the_published_grpo_hyperparameters():
@@ -180,13 +222,28 @@ def test_grpo_steps_on_the_engine_raise_the_reward_of_a_tiny_model(rlvr_config, 
 
 
 @pytest.mark.slow
-def test_rlvr_under_torchrun_ddp_splits_the_prompts_between_ranks(rlvr_config, tmp_path):
-    from .test_engine import torchrun
+def test_rlvr_under_torchrun_splits_the_prompts_between_ranks_and_fsdp_matches_ddp(rlvr_config, tmp_path):
+    """Two ranks each sample their half of the step's prompts (with their own seeds), under DDP and
+    under FSDP2, where each rank samples from a full copy of the sharded policy: the two runs see the
+    same samples and take the same steps."""
+    from .test_engine import curve, torchrun
 
-    config = rlvr_config(rlvr={"sample_interval": 0}, distributed="ddp", global_batch_size=4, max_steps=2,
-                         save_interval=2)
-    torchrun("rlvr", config)
-    rows = [r for r in read_metrics(tmp_path / "rlvr") if "loss" in r]
-    assert [r["step"] for r in rows] == [1, 2]
-    assert [r["groups"] for r in rows] == [4, 4]  # the logged counts are the global batch's
-    assert [r.step for r in list_revisions(tmp_path / "rlvr")] == [2]
+    # an answer the random model's responses end on now and then (7: about one in twenty), so that
+    # groups of 16 are kept and the weights move
+    data = write_jsonl(tmp_path / "sevens.jsonl", [{"messages": [{"role": "user", "content": f"What is {i} + {7 - i}?"}],
+                                                    "ground_truth": "7", "dataset": "gsm8k"} for i in range(8)])
+    for strategy in ("ddp", "fsdp"):
+        config = rlvr_config(f"{strategy}.yaml", rlvr={"paths": [data], "samples_per_prompt": 16, "response_length": 8,
+                                                       "sample_interval": 0},
+                             run_dir=str(tmp_path / strategy), distributed=strategy, global_batch_size=4,
+                             max_steps=3, save_interval=3)
+        torchrun("rlvr", config)
+        rows = [r for r in read_metrics(tmp_path / strategy) if "loss" in r]
+        assert [r["step"] for r in rows] == [1, 2, 3]
+        assert [r["groups"] for r in rows] == [4, 4, 4]  # the logged counts are the global batch's
+        assert [r.step for r in list_revisions(tmp_path / strategy)] == [3]
+    keys = ("loss", "grad_norm", "reward/mean", "response_length", "kl")
+    ddp, fsdp = curve(tmp_path / "ddp", keys), curve(tmp_path / "fsdp", keys)
+    assert any(r["groups/dropped_fraction"] < 1 for r in read_metrics(tmp_path / "ddp") if "loss" in r)
+    for row, expected in zip(fsdp, ddp, strict=True):
+        assert row == pytest.approx(expected, rel=1e-5, abs=1e-6)

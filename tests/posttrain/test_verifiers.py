@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from olmolab.errors import UserError
@@ -9,6 +11,7 @@ from olmolab.posttrain import verifiers
 from olmolab.posttrain.verifiers import (
     boxed_answer,
     gsm8k_verifier,
+    ifeval_constraints,
     math_answer,
     math_verifier,
     normalize_math_answer,
@@ -107,5 +110,92 @@ def test_a_user_registers_a_verifier_in_a_few_lines(monkeypatch):
 
 
 def test_an_unknown_verifier_names_the_known_ones():
-    with pytest.raises(UserError, match="gsm8k, math"):
+    with pytest.raises(UserError, match="known: gsm8k, (ifeval, )?math"):  # ifeval: with its extra installed
         verifier_for("gsm9k")
+
+
+# ---------------------------------------------------------------------- IFEval (optional extra)
+
+# IFEval's first row (key 1000), as its input_data.jsonl has it.
+IFEVAL_1000 = {"instruction_id_list": ["punctuation:no_comma", "detectable_format:number_highlighted_sections",
+                                       "length_constraints:number_words"],
+               "kwargs": [{}, {"num_highlights": 3}, {"relation": "at least", "num_words": 300}]}
+SUMMARY = ("*Raymond III Count of Tripoli* ruled Tripoli from 1152 and Galilee by marriage. "
+           + "He was regent of Jerusalem twice and fought Saladin before the fall of the kingdom. " * 12
+           + "*His regencies* shaped the politics of the Latin East for a generation. "
+           + "*His legacy* is debated by historians to this day and the debate goes on. " * 10)
+
+
+@pytest.fixture
+def ifeval(monkeypatch):
+    """The `ifeval` verifier (needs `pip install 'olmolab[ifeval]'`)."""
+    for module in ("lm_eval", "langdetect", "immutabledict"):
+        pytest.importorskip(module)
+    nltk = pytest.importorskip("nltk")
+    # lm-eval fetches NLTK's punkt_tab on its first import where it is missing: tests stay offline
+    monkeypatch.setattr(nltk, "download", lambda *args, **kwargs: False)
+    return verifier_for("ifeval")
+
+
+def test_ifeval_scores_the_fraction_of_the_rows_constraints_followed(ifeval):
+    assert len(SUMMARY.split()) > 300 and "," not in SUMMARY
+    assert ifeval(SUMMARY, IFEVAL_1000) == 1.0
+    assert ifeval(SUMMARY.replace(" and ", ", and "), IFEVAL_1000) == pytest.approx(2 / 3)  # commas
+    assert ifeval(SUMMARY.replace("*", ""), IFEVAL_1000) == pytest.approx(2 / 3)  # no highlighted sections
+    assert ifeval("*A* *B* *C* too short", IFEVAL_1000) == pytest.approx(2 / 3)  # 5 words, not 300
+    assert ifeval("Too short, and plain.", IFEVAL_1000) == 0.0
+    assert ifeval("", IFEVAL_1000) == 0.0
+
+
+def test_ifeval_checks_case_placeholders_and_endings(ifeval):
+    lowercase = {"instruction_id_list": ["change_case:english_lowercase"], "kwargs": [{}]}
+    assert ifeval("dear sam, please go and vote on tuesday. it matters.", lowercase) == 1.0
+    assert ifeval("Dear Sam, please go and vote on Tuesday.", lowercase) == 0.0
+    placeholders = {"instruction_id_list": ["detectable_content:number_placeholders"], "kwargs": [{"num_placeholders": 2}]}
+    assert ifeval("Name: [name]\nAddress: [address]", placeholders) == 1.0
+    assert ifeval("Name: [name]", placeholders) == 0.0
+    ending = {"instruction_id_list": ["startend:end_checker"], "kwargs": [{"end_phrase": "Is there anything else I can help with?"}]}
+    assert ifeval("Here it is. Is there anything else I can help with?", ending) == 1.0
+    assert ifeval("Is there anything else I can help with? Here it is.", ending) == 0.0
+
+
+def test_ifeval_reads_open_instructs_ground_truth_forms(ifeval):
+    """open-instruct's rows hold `str([{"instruction_id": [...], "kwargs": [...]}])`, a Python literal
+    (None, single quotes); JSON strings and plain dicts mean the same."""
+    ids, kwargs = ["punctuation:no_comma", "length_constraints:number_words"], [None, {"relation": "less than", "num_words": 5}]
+    forms = [str([{"instruction_id": ids, "kwargs": kwargs}]), json.dumps({"instruction_id": ids, "kwargs": kwargs}),
+             {"instruction_id_list": ids, "kwargs": kwargs}, [{"instruction_id": ids, "kwargs": kwargs}]]
+    for form in forms:
+        assert ifeval_constraints(form) == [("punctuation:no_comma", {}),
+                                            ("length_constraints:number_words", {"relation": "less than", "num_words": 5})]
+        assert ifeval("Four words no commas", form) == 1.0
+        assert ifeval("Here, five words, with commas", form) == 0.0
+
+
+def test_ifeval_names_what_is_wrong_with_a_ground_truth(ifeval):
+    with pytest.raises(UserError, match="no IFEval instruction 'punctuation:no_semicolon'"):
+        ifeval("text", {"instruction_id_list": ["punctuation:no_semicolon"], "kwargs": [{}]})
+    with pytest.raises(UserError, match="2 instructions but 1 kwargs"):
+        ifeval("text", {"instruction_id": ["punctuation:no_comma", "change_case:english_lowercase"], "kwargs": [{}]})
+    with pytest.raises(UserError, match="expected"):
+        ifeval("text", {"constraints": ["no commas"]})
+
+
+def test_a_sentence_count_without_nltks_sentence_model_says_how_to_install_it(ifeval):
+    import nltk
+
+    try:
+        nltk.data.find("tokenizers/punkt_tab")
+        pytest.skip("NLTK's punkt_tab is installed here")
+    except LookupError:
+        pass
+    sentences = {"instruction_id_list": ["length_constraints:number_sentences"],
+                 "kwargs": [{"relation": "at least", "num_sentences": 2}]}
+    with pytest.raises(UserError, match=r"python -m nltk.downloader punkt_tab.*Resource 'punkt_tab' not found"):
+        ifeval("One. Two.", sentences)
+
+
+def test_without_the_extra_the_ifeval_verifier_names_it(monkeypatch):
+    monkeypatch.setattr(verifiers, "VERIFIERS", {k: v for k, v in verifiers.VERIFIERS.items() if k != "ifeval"})
+    with pytest.raises(UserError, match=r"pip install 'olmolab\[ifeval\]'"):
+        verifier_for("ifeval")

@@ -4,7 +4,7 @@
     dpo.py         direct preference optimisation (dpo, dpo_norm) with a cached reference
     rlvr.py        RL with verifiable rewards: GRPO rollouts, scoring and updates on the engine
     grpo.py        GRPO's rewards, group advantages and clipped-ratio + KL per-token loss
-    verifiers.py   answer checkers (gsm8k, math) and their registry, keyed by a row's `dataset`
+    verifiers.py   answer checkers (gsm8k, math; ifeval with its extra) and their registry, keyed by a row's `dataset`
     chat_data.py   reading and checking JSONL conversations
     batches.py     the seeded, resumable order of examples, and padding
     engine.py      `PostTrainer`: the trainer with chat data instead of token files

@@ -16,7 +16,9 @@ share of the step's prompts (trainer.global_batch_size of them) and
    with the reference log-probs from the frozen starting model (trainer.load_path).
 
 Sampling is seeded by (rlvr.seed, step, rank): ranks draw different samples, and a resumed run
-samples what the uninterrupted run would have. Logged per step: reward mean/std, verifier accuracy,
+samples what the uninterrupted run would have (after a SIGKILL too: the step is in the revision).
+Under torchrun every rank samples its share of the prompts: with DDP from its own replica, with
+FSDP2 from a full copy of the sharded policy gathered at each rollout (`sampling_model`). Logged per step: reward mean/std, verifier accuracy,
 response length, the share cut off before EOS, dropped groups, KL, clip fraction, policy loss,
 the seconds spent on the rollout (sampling, scoring, the reference) and on learning, and
 sampling's own seconds and tokens/s (per rank); every
@@ -35,7 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from olmolab import model_files
+from olmolab import Transformer, model_files
 from olmolab.errors import UserError
 from olmolab.generation import GenerationConfig, generate
 from olmolab.model.loss import IGNORE_INDEX
@@ -125,15 +127,13 @@ class RLVRTrainer(PostTrainer):
         return {"prompt_index": torch.as_tensor(items)}
 
     def _build_data(self) -> None:
-        if self.config.trainer.distributed == "fsdp":
-            raise UserError("trainer.distributed=fsdp: rlvr samples from the whole model on every rank, which "
-                            "FSDP's sharded weights do not allow yet; use trainer.distributed=ddp")
         super()._build_data()
         # The reference is the frozen starting model. Building it leaves the global RNG as it was,
         # so that a resumed run's RNG state is the one its revision saved.
         with torch.random.fork_rng(devices=[]):
             self.reference = model_files.load_model(self.config.trainer.load_path, device=self.device).eval()
         self.reference.requires_grad_(False)
+        self.sampler = None  # FSDP's: a full copy of the policy to sample from (see sampling_model)
         self.samples_path = self.run_dir / "samples.jsonl"
         if self.rank == 0 and self.samples_path.exists():  # on resume, steps past the revision are redone
             kept = [line for line in self.samples_path.read_text().splitlines()
@@ -160,10 +160,9 @@ class RLVRTrainer(PostTrainer):
         section: RLVRConfig = self.config.data
         group = section.samples_per_prompt
         prompts = [self.examples[i] for i in items for _ in range(group)]
-        policy = dist_utils.unwrap(self.model)
         eos = self.config.model.eos_token_id
         start = time.perf_counter()
-        responses = generate(policy, [p.ids.tolist() for p in prompts], GenerationConfig(
+        responses = generate(self.sampling_model(), [p.ids.tolist() for p in prompts], GenerationConfig(
             max_new_tokens=section.response_length, temperature=section.temperature, top_p=section.top_p,
             eos_token_id=eos, seed=self.sampling_seed()))
         sampling_s = time.perf_counter() - start
@@ -185,6 +184,22 @@ class RLVRTrainer(PostTrainer):
         lengths = torch.tensor([len(r) for r in responses], dtype=torch.float32)
         return batch, self._rollout_stats(rewards, scores, lengths, finished, kept) | {
             "time/sampling_s": sampling_s, "sampled_tokens_per_s": lengths.sum().item() / sampling_s}
+
+    def sampling_model(self) -> torch.nn.Module:
+        """The policy as a model that this rank alone can decode with. Under FSDP each rank holds a
+        shard of the weights, and every forward all-gathers them: ranks whose responses end after
+        different numbers of tokens would wait on each other's gathers forever. So each rank samples
+        from a full copy, gathered once per rollout (one more model in memory, as the reference is)."""
+        if not (dist_utils.is_distributed() and self.config.trainer.distributed == "fsdp"):
+            return dist_utils.unwrap(self.model)
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        weights = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True))
+        if self.sampler is None:
+            with torch.random.fork_rng(devices=[]):  # the initialization's draws are not the run's
+                self.sampler = Transformer(self.config.model).to(self.device).eval().requires_grad_(False)
+        self.sampler.load_state_dict(weights)
+        return self.sampler
 
     def _rollout_stats(self, rewards: Tensor, scores: Tensor, lengths: Tensor, finished: Tensor, kept: Tensor) -> dict:
         """Means over every response of the step (all ranks), and the counts of groups."""

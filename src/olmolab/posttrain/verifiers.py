@@ -13,13 +13,18 @@ Adding one takes a few lines:
     def yes_no(response: str, ground_truth) -> float:
         return float(response.strip().lower().startswith(str(ground_truth).lower()))
 
-Built in: `gsm8k` (the last number) and `math` (the boxed or "final answer is" answer).
-References: open-instruct `ground_truth_utils.py` (GSM8KVerifier, MathVerifier); Lewkowycz et
-al. 2022 (Minerva), appendix D.1, for the answer normalisation.
+Built in: `gsm8k` (the last number) and `math` (the boxed or "final answer is" answer); with
+the `ifeval` extra installed (`pip install 'olmolab[ifeval]'`), `ifeval` (IFEval's constraints,
+checked by lm-eval's copy of Google's checkers). References: open-instruct `ground_truth_utils.py`
+(GSM8KVerifier, MathVerifier, IFEvalVerifier); Lewkowycz et al. 2022 (Minerva), appendix D.1, for
+the answer normalisation; Zhou et al. 2023 (IFEval).
 """
 
 from __future__ import annotations
 
+import ast
+import importlib.util
+import json
 import re
 from collections.abc import Callable
 from typing import Any
@@ -45,8 +50,14 @@ def register_verifier(name: str) -> Callable[[Verifier], Verifier]:
     return add
 
 
+OPTIONAL_VERIFIERS = {"ifeval": "pip install 'olmolab[ifeval]' (lm-eval's IFEval checkers)"}
+"""Verifiers registered only where their library is installed, and how to install it."""
+
+
 def verifier_for(name: str) -> Verifier:
     """The verifier registered as `name` (a row's `dataset` field)."""
+    if isinstance(name, str) and name.lower() in OPTIONAL_VERIFIERS and name.lower() not in VERIFIERS:
+        raise UserError(f"the {name!r} verifier needs an optional extra: {OPTIONAL_VERIFIERS[name.lower()]}")
     if not isinstance(name, str) or name.lower() not in VERIFIERS:
         raise UserError(f"no verifier named {name!r}; known: {', '.join(sorted(VERIFIERS))} "
                         "(add one with @olmolab.posttrain.verifiers.register_verifier)")
@@ -160,3 +171,76 @@ def math_verifier(response: str, ground_truth: Any) -> float:
         return 1.0
     checker = _math_verify()
     return float(checker is not None and checker.verify(checker.parse(f"${ground_truth}$"), checker.parse(f"${answer}$")))
+
+
+# ---------------------------------------------------------------------- IFEval
+
+
+def ifeval_constraints(ground_truth: Any) -> list[tuple[str, dict]]:
+    """[(instruction id, its kwargs)] of an IFEval-style ground truth, as open-instruct's RLVR rows
+    and IFEval's own rows write it: a dict with `instruction_id` (open-instruct) or
+    `instruction_id_list` (IFEval) and `kwargs`, possibly in a one-element list, possibly as a
+    string (JSON, or the Python literal open-instruct's data holds; read by `ast.literal_eval`,
+    which evaluates literals only). None-valued kwargs are dropped: the checkers take them as absent."""
+    constraints = ground_truth
+    if isinstance(constraints, str):
+        try:
+            constraints = json.loads(constraints)
+        except json.JSONDecodeError:
+            try:
+                constraints = ast.literal_eval(constraints)
+            except (ValueError, SyntaxError) as e:
+                raise UserError(f"ifeval ground truth {ground_truth!r:.200}: neither JSON nor a Python literal") from e
+    if isinstance(constraints, list) and len(constraints) == 1:
+        constraints = constraints[0]
+        if isinstance(constraints, str):
+            constraints = json.loads(constraints)
+    ids = constraints.get("instruction_id", constraints.get("instruction_id_list")) if isinstance(constraints, dict) else None
+    if not isinstance(ids, list) or not isinstance(constraints.get("kwargs", []), list):
+        raise UserError(f"ifeval ground truth {ground_truth!r:.200}: expected "
+                        '{"instruction_id": [...], "kwargs": [...]} (or IFEval\'s "instruction_id_list")')
+    kwargs = constraints.get("kwargs") or [{}] * len(ids)
+    if len(kwargs) != len(ids):
+        raise UserError(f"ifeval ground truth {ground_truth!r:.200}: {len(ids)} instructions but {len(kwargs)} kwargs")
+    return [(i, {k: v for k, v in (args or {}).items() if v is not None}) for i, args in zip(ids, kwargs, strict=True)]
+
+
+def _ifeval_checkers() -> dict:
+    """lm-eval's registry of IFEval checkers: instruction id -> class. lm-eval downloads NLTK's
+    `punkt_tab` sentence model on first import where it is missing (the sentence-counting
+    constraints use it); offline, install it beforehand with `python -m nltk.downloader punkt_tab`."""
+    try:
+        from lm_eval.tasks.ifeval import instructions_registry
+    except ImportError as e:
+        raise UserError(f"the 'ifeval' verifier cannot import lm-eval's IFEval checkers ({e}): "
+                        f"{OPTIONAL_VERIFIERS['ifeval']}") from e
+    return instructions_registry.INSTRUCTION_DICT
+
+
+def ifeval_verifier(response: str, ground_truth: Any) -> float:
+    """The fraction of the row's IFEval constraints that the response follows (open-instruct's
+    IFEvalVerifier; IFEval's "strict" check: the response as it is). An empty response follows none."""
+    checkers = _ifeval_checkers()
+    constraints = ifeval_constraints(ground_truth)
+    if not response.strip() or not constraints:
+        return 0.0
+    followed = 0
+    for instruction_id, kwargs in constraints:
+        if instruction_id not in checkers:
+            raise UserError(f"ifeval: no IFEval instruction {instruction_id!r} "
+                            f"(lm-eval knows {len(checkers)}, e.g. {', '.join(sorted(checkers)[:3])})")
+        checker = checkers[instruction_id](instruction_id)
+        checker.build_description(**kwargs)
+        try:
+            followed += bool(checker.check_following(response))
+        except LookupError as e:  # NLTK data missing: the sentence tokenizer, which lm-eval could not fetch
+            missing = next((line.strip() for line in str(e).splitlines() if "not found" in line), str(e))
+            raise UserError(f"ifeval: {instruction_id} needs NLTK's sentence tokenizer: run "
+                            f"`python -m nltk.downloader punkt_tab` ({missing})") from e
+    return followed / len(constraints)
+
+
+# Registered only with lm-eval installed: without it, `verifier_for("ifeval")` names the extra.
+# find_spec does not import lm-eval, which is slow to import and only needed when a row is scored.
+if importlib.util.find_spec("lm_eval") is not None:
+    register_verifier("ifeval")(ifeval_verifier)
