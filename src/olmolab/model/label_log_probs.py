@@ -3,13 +3,15 @@
     log p(label_t) = logits_t[label_t] - logsumexp(logits_t)
 
 What scoring a turn needs (DPO sums these over the turn's tokens). Written with autograd's ops
-it keeps the logits, their log-softmax, and in the backward a zero-filled one-hot scatter and
-the log-softmax's gradient: four (tokens x vocab) tensors. Here the tokens are walked in chunks;
-each chunk's logits become its softmax in place, in one buffer that the backward turns into the
-gradient in place: (upstream gradient) * (one-hot(label) - softmax). One (tokens x vocab)
-buffer, one sweep of it each way, and the two matmuls of the LM head's backward.
+it keeps the logits and their log-softmax, and its backward adds a zero-filled one-hot scatter
+and the log-softmax's gradient: four (tokens x vocab) tensors. Here the tokens are walked in
+chunks; each chunk's logits become its softmax in place, which the backward turns into the
+gradient in place, (upstream gradient) * (one-hot(label) - softmax): one (tokens x vocab)
+tensor, one sweep of it each way, and the LM head's matmuls as the model computes them
+(`kernel("linear")`). Without a backward only one chunk is held at a time.
 
-Only the labelled rows are scored: the caller's hidden states are those rows'.
+Only the labelled rows are scored: the caller's hidden states are those rows'
+(`Transformer.label_log_probs`).
 """
 
 from __future__ import annotations
@@ -23,12 +25,13 @@ from olmolab.model import loss as lm_loss  # the fused loss's chunk sizes, dtype
 
 def linear_label_log_probs(hidden: Tensor, weight: Tensor, labels: Tensor) -> Tensor:
     """(N,) log-softmax of `hidden @ weight.T` at `labels`. hidden: (N, d); weight: (V, d); labels: (N,)."""
-    return _LinearLabelLogProbs.apply(hidden, weight, labels)
+    backward = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+    return _LinearLabelLogProbs.apply(hidden, weight, labels, backward)
 
 
 class _LinearLabelLogProbs(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, labels):
+    def forward(ctx, hidden, weight, labels, backward):
         dtype = lm_loss._compute_dtype(hidden)
         linear = kernel("linear")  # the LM head's product as the model computes it (oneDNN on AMD CPUs)
         with torch.autocast(hidden.device.type, enabled=False):
@@ -38,7 +41,7 @@ class _LinearLabelLogProbs(torch.autograd.Function):
             acc_dtype = torch.promote_types(dtype, torch.float32)  # softmax in fp32 at least
             log_probs = torch.empty(n, dtype=acc_dtype, device=h.device)
             everyone = torch.ones(min(rows, n), dtype=torch.bool, device=h.device)
-            softmaxes = []  # each chunk's, kept for the backward
+            softmaxes = []  # each chunk's, kept for the backward (if one will run)
             for s in range(0, n, rows):
                 e = min(s + rows, n)
                 logits = linear(h[s:e], w).to(acc_dtype)  # (rows, V)
@@ -48,8 +51,9 @@ class _LinearLabelLogProbs(torch.autograd.Function):
                 softmax = torch.softmax(logits, dim=-1, out=logits)
                 lse = lm_loss._logsumexp_from_softmax(softmax, target, target_ids, everyone[: e - s], row_max, h[s:e], w)
                 log_probs[s:e] = target - lse
-                softmaxes.append(softmax)
-        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+                if backward:
+                    softmaxes.append(softmax)
+        if backward:
             ctx.save_for_backward(h, w, labels)
             ctx.softmaxes, ctx.rows, ctx.input_dtypes = softmaxes, rows, (hidden.dtype, weight.dtype)
         return log_probs
@@ -76,4 +80,4 @@ class _LinearLabelLogProbs(torch.autograd.Function):
             else:  # a bf16 matmul, accumulated across chunks in fp32
                 grad_w += grad_logits.T @ h[s:e]
         return (grad_h.to(h_dtype) if ctx.needs_input_grad[0] else None,
-                grad_w.to(w_dtype) if ctx.needs_input_grad[1] else None, None)
+                grad_w.to(w_dtype) if ctx.needs_input_grad[1] else None, None, None)
