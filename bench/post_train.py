@@ -8,7 +8,7 @@ clipping and the optimizer. The two sides' steps are interleaved: TRL runs its o
 loop, and after each of its steps (a callback, outside TRL's timing) olmolab runs one.
 
 What is compared is *useful* tokens per second: the conversations' tokens, padding not
-counted, summed over the timed steps and divided by their time. The sides pad differently
+counted, per second of a step (the median over the timed steps). The sides pad differently
 (each pads a batch to its longest row, and the batches differ: each side shuffles the data its
 own way), so step times alone would not compare like for like. Each step's trained (labelled)
 tokens are counted too, to show both sides train the same targets.
@@ -20,6 +20,10 @@ documents apart in SDPA); DPO pads (its `padding_free` is disabled in TRL 1.16) 
 answers with its fused LM head. DPO compares olmolab's `dpo` loss with TRL's `sigmoid` (the
 same formula), both with the reference's log-probs computed before training (TRL:
 `precompute_ref_log_probs=True`), so neither side runs the reference during a step.
+
+On a machine shared with other work, wall-clock steps swing with the load (a descheduled
+thread stalls its partner at every barrier), interleaving or not. `--threads 1 --cpu-time`
+times each step in the process's CPU time instead: the work each side does, whatever else runs.
 
 TRL is needed for this benchmark only (`pip install -e ".[bench]"`); olmolab never imports it.
 
@@ -73,15 +77,15 @@ class Step:
 
 
 def tokens_per_s(steps: list[Step]) -> float:
-    """Useful tokens per second over the timed steps (the first two warm up)."""
-    timed = steps[2:]
-    return sum(s.useful for s in timed) / sum(s.seconds for s in timed)
+    """The median over the timed steps (the first two warm up) of useful tokens per second: a
+    median, as for step times, so that a step stalled by other work does not weigh in."""
+    return statistics.median(s.useful / s.seconds for s in steps[2:])
 
 
 class OlmolabSide:
     """olmolab's post-trainer, stepped one batch at a time."""
 
-    def __init__(self, method: str, tmp: Path, data: Path, batch: int, seq_len: int, steps: int):
+    def __init__(self, method: str, tmp: Path, data: Path, batch: int, seq_len: int, steps: int, clock):
         section = {"sft": {"reduction": "mean"}, "dpo": {"loss": "dpo", "beta": 0.1}}[method]
         raw = {
             method: {"paths": [str(data)], "max_seq_len": seq_len} | section,
@@ -91,7 +95,7 @@ class OlmolabSide:
             "optim": {"lr": 1e-5, "betas": [0.9, 0.999], "eps": 1e-8},
             "scheduler": {"name": "constant"},
         }
-        self.method = method
+        self.method, self.clock = method, clock
         self.trainer = (SFTTrainer if method == "sft" else DPOTrainer)(post_train_config_from_dict(method, raw))
         self.batches = iter(self.trainer.loader)
         self.steps: list[Step] = []
@@ -99,9 +103,9 @@ class OlmolabSide:
     def step(self) -> None:
         items = self.trainer.loader.batch_items(self.trainer.loader.batches)
         batch = next(self.batches)
-        t0 = time.perf_counter()
+        t0 = self.clock()
         self.trainer.train_step(batch)
-        seconds = time.perf_counter() - t0
+        seconds = self.clock() - t0
         examples = [self.trainer.examples[i] for i in items]
         if self.method == "sft":  # a sequence: one or more (packed) conversations
             useful = sum(len(e.ids) for sequence in examples for e in sequence)
@@ -121,7 +125,7 @@ def trl_token_counts(inputs: dict) -> tuple[int, int]:
 
 
 def run_interleaved(method: str, tmp: Path, rows: list[dict], ours: OlmolabSide, batch: int, seq_len: int,
-                    steps: int, padding_free: bool) -> list[Step]:
+                    steps: int, padding_free: bool, clock) -> list[Step]:
     """TRL's steps; after each, outside its timing, one of `ours`."""
     import datasets
     import transformers
@@ -132,10 +136,10 @@ def run_interleaved(method: str, tmp: Path, rows: list[dict], ours: OlmolabSide,
 
     class Interleave(transformers.TrainerCallback):
         def on_step_begin(self, args, state, control, **kwargs):
-            self.t0 = time.perf_counter()
+            self.t0 = clock()
 
         def on_step_end(self, args, state, control, **kwargs):
-            theirs.append(Step(time.perf_counter() - self.t0, *counts.pop(0)))
+            theirs.append(Step(clock() - self.t0, *counts.pop(0)))
             ours.step()
 
     base = trl.SFTTrainer if method == "sft" else trl.DPOTrainer
@@ -169,8 +173,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--trl-padding-free", action="store_true", help="TRL's SFT without padding (see above)")
     parser.add_argument("--methods", nargs="+", choices=["sft", "dpo"], default=["sft", "dpo"])
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="time steps in the process's CPU time, not wall-clock (see above; use with --threads 1)")
     args = parser.parse_args()
     setup(args.threads)
+    clock = time.process_time if args.cpu_time else time.perf_counter
     try:
         import trl
     except ImportError:
@@ -193,12 +200,13 @@ def main() -> None:
                                                for r in rows["dpo"]))
         results = {}
         for method in args.methods:
-            ours = OlmolabSide(method, tmp, tmp / f"{method}.jsonl", args.batch, args.seq_len, args.steps)
+            ours = OlmolabSide(method, tmp, tmp / f"{method}.jsonl", args.batch, args.seq_len, args.steps, clock)
             theirs = run_interleaved(method, tmp, rows[method], ours, args.batch, args.seq_len, args.steps,
-                                     args.trl_padding_free)
+                                     args.trl_padding_free, clock)
             results[method] = (ours.steps, theirs)
     print(f"bench model, batch {args.batch} (DPO: pairs), conversations up to {args.seq_len} tokens, fp32, "
-          f"{args.threads} threads, TRL {trl.__version__}" + (", TRL SFT padding-free" if args.trl_padding_free else ""))
+          f"{args.threads} threads, TRL {trl.__version__}" + (", TRL SFT padding-free" if args.trl_padding_free else "")
+          + (", CPU time" if args.cpu_time else ""))
     for method, sides in results.items():
         for name, steps in zip(("olmolab", "TRL"), sides, strict=True):
             timed = steps[2:]
