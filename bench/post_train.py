@@ -2,7 +2,7 @@
 
 Both sides train the bench model (TRL loads olmolab's Hugging Face export of it) on the same
 single-turn conversations, with the same batch, sequence length, labels (the answer only),
-gradient clipping (1.0) and AdamW, on the same threads and in one process (so both run with
+gradient clipping (1.0) and AdamW (fused, no weight decay), on the same threads and in one process (so both run with
 the malloc settings olmolab's trainer makes, `olmolab.allocator`). A step is forward, backward,
 clipping and the optimizer. The two sides' steps are interleaved: TRL runs its own training
 loop, and after each of its steps (a callback, outside TRL's timing) olmolab runs one.
@@ -92,7 +92,7 @@ class OlmolabSide:
             "trainer": {"load_path": str(tmp / "olmolab"), "run_dir": str(tmp / f"run-{method}"),
                         "global_batch_size": batch, "micro_batch_size": batch, "max_steps": steps,
                         "save_interval": None, "progress": False},
-            "optim": {"lr": 1e-5, "betas": [0.9, 0.999], "eps": 1e-8},
+            "optim": {"lr": 1e-5, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0},  # as TRL's
             "scheduler": {"name": "constant"},
         }
         self.method, self.clock = method, clock
