@@ -156,6 +156,8 @@ def run_interleaved(method: str, tmp: Path, rows: list[dict], ours: OlmolabSide,
                   max_grad_norm=1.0, report_to="none", save_strategy="no", logging_steps=10**6, use_cpu=True,
                   dataloader_num_workers=0, max_length=seq_len, seed=0, disable_tqdm=True)
     if method == "sft":
+        if padding_free:  # TRL enforces no max_length then; every conversation here fits it
+            common["max_length"] = None
         config = trl.SFTConfig(**common, completion_only_loss=True, packing=False, padding_free=padding_free)
     else:
         config = trl.DPOConfig(**common, beta=0.1, loss_type=["sigmoid"], precompute_ref_log_probs=True)
