@@ -235,3 +235,21 @@ def test_sequence_longer_than_the_context_window_is_refused():
     model = tiny(max_seq_len=16)
     with pytest.raises(ValueError, match="longer than the model's context window"):
         model(torch.zeros(1, 17, dtype=torch.long))
+
+
+@pytest.mark.parametrize("labelled", ["none", "some", "all"])
+def test_fused_loss_and_gradients_are_right_however_many_rows_are_labelled(labelled):
+    """Unlabelled rows skip the LM head on CPU; with none labelled the loss and gradients are 0."""
+    hidden = torch.randn(12, 16, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(50, 16, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, 50, (12,))
+    labels[: {"none": 12, "some": 7, "all": 0}[labelled]] = -100
+    ref = cross_entropy_loss(hidden @ weight.T, labels, div_factor=3.0)
+    ref.loss.backward()
+    ref_grads = hidden.grad.clone(), weight.grad.clone()
+    hidden.grad = weight.grad = None
+    fused = linear_cross_entropy(hidden, weight, labels, div_factor=3.0)
+    fused.loss.backward()
+    torch.testing.assert_close(fused.loss, ref.loss, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(hidden.grad, ref_grads[0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(weight.grad, ref_grads[1], rtol=1e-12, atol=1e-12)

@@ -78,6 +78,11 @@ def linear_cross_entropy(
     valid = labels != ignore_index
     div = valid.sum() if div_factor is None else div_factor
     div = torch.as_tensor(div, dtype=torch.float32, device=hidden.device)
+    if hidden.device.type == "cpu" and 0 < valid.sum() <= valid.numel() * 15 // 16:
+        # Unlabelled rows (post-training's prompts and padding) add nothing: on a CPU they skip the
+        # LM head, where they are more than a few (pretraining's one a row is not worth the copy).
+        # On a GPU, reading `valid` would stall the queue every step.
+        hidden, labels, valid = hidden[valid], labels[valid], valid[valid]
     loss, ce, z = _LinearCrossEntropy.apply(hidden, weight, labels, valid, div, float(z_loss_multiplier))
     return LMLoss(loss, ce, z)
 

@@ -32,7 +32,8 @@ from torch import Tensor, nn
 
 from olmolab.kernels import kernel
 from olmolab.model.config import ModelConfig
-from olmolab.model.loss import LMLoss, linear_cross_entropy
+from olmolab.model.label_log_probs import linear_label_log_probs
+from olmolab.model.loss import IGNORE_INDEX, LMLoss, linear_cross_entropy
 
 LogitsAt = Literal["all", "last"] | tuple[Tensor, Tensor]
 """Where `Transformer.logits` runs the LM head: every position, the last one, or the given
@@ -258,10 +259,15 @@ class Transformer(nn.Module):
         attn_mask: Tensor | None = None, z_loss_multiplier: float = 0.0, loss_div_factor: float | Tensor | None = None,
     ) -> LMLoss: ...
 
+    @overload
+    def forward(self, input_ids: Tensor, labels: Tensor, *, positions: Tensor | None = None,
+                attn_mask: Tensor | None = None, label_log_probs: Literal[True]) -> Tensor: ...
+
     def forward(self, input_ids, labels=None, *, positions=None, attn_mask=None, at="all", z_loss_multiplier=0.0,
-                loss_div_factor=None):
+                loss_div_factor=None, label_log_probs=False):
         """Logits (B, T, embedding_size) (or at the positions `at` selects, see `logits`), or with
-        `labels` the loss without materialising them.
+        `labels` the loss without materialising them, or with `label_log_probs` too each label's
+        log-probability (B, T) (0 where ignored; see `label_log_probs`).
 
         labels: (B, T) target ids aligned with the inputs (already shifted; -100 = ignore).
         positions, attn_mask: see `trunk` (packed sequences: RoPE restarting, no attention across
@@ -272,6 +278,8 @@ class Transformer(nn.Module):
         hidden = self.trunk(input_ids, positions=positions, attn_mask=attn_mask)
         if labels is None:
             return self.logits(hidden, at)
+        if label_log_probs:
+            return self.label_log_probs(hidden, labels)
         return self.loss(hidden, labels, z_loss_multiplier=z_loss_multiplier, div_factor=loss_div_factor)
 
     def trunk(
@@ -323,6 +331,14 @@ class Transformer(nn.Module):
             hidden.flatten(0, 1), self.lm_head.weight, labels.flatten(),
             z_loss_multiplier=z_loss_multiplier, div_factor=div_factor,
         )
+
+    def label_log_probs(self, hidden: Tensor, labels: Tensor) -> Tensor:
+        """(B, T) fp32 log-probability of each label under `trunk`'s output `hidden` (0 where the
+        label is ignored), what scoring a turn sums: only the labelled positions go through the
+        LM head, chunked, without keeping their logits' autograd graph."""
+        rows, positions = (labels != IGNORE_INDEX).nonzero(as_tuple=True)
+        picked = linear_label_log_probs(hidden[rows, positions], self.lm_head.weight, labels[rows, positions])
+        return picked.new_zeros(labels.shape).index_put_((rows, positions), picked)
 
     @classmethod
     def from_state_dict(cls, config: ModelConfig, state: dict[str, Tensor], device="cpu") -> Transformer:

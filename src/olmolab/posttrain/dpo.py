@@ -63,15 +63,11 @@ def dpo_loss(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor,
 
 def turn_scores(model, input_ids: Tensor, labels: Tensor, average: bool) -> Tensor:
     """(B,) each row's summed (or, with `average`, mean) log-prob of its labelled tokens.
-    Only the labelled positions go through the LM head (`at`)."""
-    rows, positions = (labels != IGNORE_INDEX).nonzero(as_tuple=True)
-    logits = model(input_ids, at=(rows, positions)).float()  # (N, V)
-    token_logps = logits.log_softmax(-1).gather(1, labels[rows, positions][:, None]).squeeze(1)
-    sums = torch.zeros(input_ids.shape[0], device=logits.device).index_add(0, rows, token_logps)
+    Only the labelled positions go through the LM head (`Transformer.label_log_probs`)."""
+    sums = model(input_ids, labels, label_log_probs=True).sum(dim=1)
     if not average:
         return sums
-    counts = torch.zeros(input_ids.shape[0], device=logits.device).index_add(0, rows, torch.ones_like(token_logps))
-    return sums / counts.clamp(min=1)
+    return sums / (labels != IGNORE_INDEX).sum(dim=1).clamp(min=1)
 
 
 # ---------------------------------------------------------------------- the data
