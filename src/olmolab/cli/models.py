@@ -73,10 +73,10 @@ def _generate(args) -> int:
     from olmolab.model_files import check_tokenizer, load
     from olmolab.tokenizer import Tokenizer
 
-    config = GenerationConfig(
+    config = GenerationConfig.from_dict(dict(
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
         seed=args.seed, stop_at_eos=not args.ignore_eos, compile=args.compile,
-    )
+    ), where="generate")
     if args.batch_size < 1:
         raise UserError(f"--batch-size {args.batch_size} must be at least 1")
     prompts = [args.prompt] if args.prompt is not None else _read_prompts(args.prompts_file)
