@@ -63,8 +63,8 @@ to the terminal; --prompts-file generates in left-padded batches and writes one 
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
                    help="weights' dtype (bfloat16 is for CUDA; it is very slow on CPU)")
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile the decode step: ~2x faster per token for a single prompt on CPU, "
-                        "after a one-off compilation of several seconds; worth it for long generations")
+                   help="torch.compile the decode step: faster per token for a single prompt on CPU, "
+                        "after a one-off compilation; worth it for long generations")
     p.set_defaults(handler=_generate)
 
 
