@@ -98,7 +98,7 @@ class RotaryEmbedding(nn.Module):
                 f"(max_seq_len={self.max_seq_len})"
             )
         cos, sin = self._tables
-        return cos[positions][..., None, :], sin[positions][..., None, :]
+        return cos[positions, None, :], sin[positions, None, :]  # a range is a view; positions gather
 
 
 class Attention(nn.Module):
