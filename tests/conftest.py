@@ -1,5 +1,6 @@
-"""Shared test fixtures: deterministic torch, where the shared data lives, a tiny tokenizer and
-tiny random models (generation and inference tests use both)."""
+"""Shared test fixtures: deterministic torch, where the shared data lives, a tiny tokenizer, tiny
+random models and a checkpoint of one (the generation, model-file, convert and CLI tests use
+them), and how a test runs a command."""
 
 import os
 from pathlib import Path
@@ -8,7 +9,9 @@ import pytest
 import torch
 
 from olmolab import ModelConfig, Transformer
+from olmolab.cli import main
 from olmolab.kernels.cpu_matmul import CPU_BF16_ENV
+from olmolab.model_files import save_model
 from olmolab.tokenizer import train_bpe
 
 # `precision: auto` (every config's default) computes in bf16 on a CPU with AMX and in fp32
@@ -68,3 +71,25 @@ def random_model(preset: str = "olmo2-tiny", seed: int = 0, **overrides) -> Tran
 def make_model():
     """`make_model(preset="olmo2-tiny", seed=0, **config_overrides)` -> a random tiny model."""
     return random_model
+
+
+@pytest.fixture
+def checkpoint(tmp_path, tokenizer):
+    """An olmolab checkpoint directory of a random olmo2-tiny model, with its tokenizer."""
+    return save_model(random_model(), tmp_path / "ckpt", tokenizer=tokenizer)
+
+
+def run_cli(capsys, *argv):
+    """`olmolab ARGV...` in this process: (exit code, stdout, stderr)."""
+    capsys.readouterr()
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, err, *fragments):
+    """A user mistake: exit code 2 and one line on stderr, no traceback, holding each fragment."""
+    assert code == 2
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    for fragment in fragments:
+        assert fragment in err, err

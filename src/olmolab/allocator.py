@@ -3,14 +3,14 @@
 Why: glibc's malloc serves blocks above a threshold (at most 32 MiB) with `mmap` and unmaps
 them on free. A training step allocates the same large activations every step (the LM
 head's logits alone are tokens x vocabulary x 4 bytes), so every step the OS maps fresh pages
-and zero-fills each one on first touch. On the bench model the LM head's forward matmul runs
-at 146 GFLOP/s into fresh memory against 181 into reused memory, and the whole training step
-takes ~6% longer (`python bench/train_step.py --keep-freed-memory` shows both sides with it).
-Telling malloc never to `mmap` and never to trim its heap makes each step reuse the memory of
-the step before: what jemalloc or tcmalloc do, and what PyTorch's caching allocator does on GPU.
+and zero-fills each one on first touch: a matmul writing into fresh memory runs slower than
+one writing into reused memory, and so does the whole step. Telling malloc never to `mmap` and
+never to trim its heap makes each step reuse the memory of the step before: what jemalloc or
+tcmalloc do, and what PyTorch's caching allocator does on GPU.
 
-Evaluation gains as much (`python bench/eval.py`: 9.2 -> 10.8 PIQA examples/s), so the
-trainer and `olmolab eval` both set it on CPU.
+Evaluation repeats the same large allocations batch after batch and gains too, so the trainer
+and `olmolab eval` both set it on CPU. The figures, and the benches that show both sides, are
+in bench/README.md ("Notes behind the other settings").
 
 The cost: the process holds on to its peak memory until it exits; a trainer reaches that peak
 every step anyway. `trainer.keep_freed_memory: false` turns it off for training.

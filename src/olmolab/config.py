@@ -58,8 +58,8 @@ class TrainerConfig:
     """torch.compile each block (on CPU this needs a C++ compiler; see bench/train_step.py for what it pays)."""
     activation_checkpointing: bool = False
     keep_freed_memory: bool = True
-    """On CPU, have malloc reuse freed memory instead of returning it to the OS: ~6% faster steps,
-    at the cost of holding the peak memory (olmolab/allocator.py)."""
+    """On CPU, have malloc reuse freed memory instead of returning it to the OS: faster steps
+    (bench/README.md), at the cost of holding the peak memory (olmolab/allocator.py)."""
     save_interval: int | None = 1000
     """Steps between checkpoints; the last `keep_last` are kept."""
     keep_last: int = 3

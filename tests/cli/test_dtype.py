@@ -8,13 +8,7 @@ import torch
 
 from olmolab import model_files
 from olmolab.cli import main
-from olmolab.model_files import save_model
-from tests.conftest import TEXT, random_model
-
-
-@pytest.fixture
-def checkpoint(tmp_path, tokenizer):
-    return save_model(random_model(), tmp_path / "ckpt", tokenizer=tokenizer)
+from tests.conftest import TEXT
 
 
 @pytest.fixture

@@ -8,18 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from olmolab.cli import main
 from olmolab.eval.downstream import evaluate_task
 from olmolab.eval.tasks import TaskSpec
 from olmolab.model_files import save_model
+from tests.conftest import run_cli
 from tests.eval.conftest import WIKITEXT, tiny_model
-
-
-def run_cli(capsys, *argv):
-    capsys.readouterr()
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture

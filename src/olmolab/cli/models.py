@@ -62,8 +62,8 @@ to the terminal; --prompts-file generates in left-padded batches and writes one 
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     add_dtype_argument(p)
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile the decode step: ~2x faster per token for a single prompt on CPU, "
-                        "after a one-off compilation of several seconds; worth it for long generations")
+                   help="torch.compile the decode step: faster per token for a single prompt on CPU, "
+                        "after a one-off compilation; worth it for long generations")
     p.set_defaults(handler=_generate)
 
 
@@ -72,10 +72,10 @@ def _generate(args) -> int:
     from olmolab.model_files import check_tokenizer, load
     from olmolab.tokenizer import Tokenizer
 
-    config = GenerationConfig(
+    config = GenerationConfig.from_dict(dict(
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
         seed=args.seed, stop_at_eos=not args.ignore_eos, compile=args.compile,
-    )
+    ), where="generate")
     if args.batch_size < 1:
         raise UserError(f"--batch-size {args.batch_size} must be at least 1")
     prompts = [args.prompt] if args.prompt is not None else _read_prompts(args.prompts_file)

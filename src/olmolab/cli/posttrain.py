@@ -117,8 +117,8 @@ def _chat(args) -> int:
     model, tokenizer = load(args.checkpoint, device=_device(args.device))
     if tokenizer is None:
         raise UserError(f"{args.checkpoint}: no tokenizer.json with this checkpoint")
-    config = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                              top_p=args.top_p, seed=args.seed)
+    config = GenerationConfig.from_dict(dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                             top_k=args.top_k, top_p=args.top_p, seed=args.seed), where="chat")
     session = ChatSession(model, tokenizer, config, system=args.system)
     interactive = sys.stdin.isatty()
     while True:

@@ -30,7 +30,8 @@ from olmolab.errors import UserError
 from olmolab.generation.config import GenerationConfig, TokenCallback
 from olmolab.generation.sampling import next_token
 from olmolab.generation.static_cache import compiled_decoding, static_cache_len
-from olmolab.model.transformer import KVCache, Transformer
+from olmolab.model.kv_cache import KVCache, StaticKVCache
+from olmolab.model.transformer import Transformer
 
 
 def check_prompts(model: Transformer, prompts: Sequence[Sequence[int]]) -> None:
@@ -120,7 +121,7 @@ def _generate(
         logits = model.logits(model.trunk(ids, cache=cache), at="last")
     if compiled:
         decode = compiled_decoding()
-        cache.length = torch.tensor(cache.length, device=device)
+        static = StaticKVCache.continuing(cache)  # the prompt's keys, on the same buffers
         key_mask = key_mask[..., :cache_len]
 
     vocab = c.vocab_size  # ids past the tokenizer's vocabulary are padding rows: never choose them
@@ -134,7 +135,7 @@ def _generate(
             break
         if compiled:  # static shapes: finished rows stay, fed padding that no one reads
             tokens = tokens.masked_fill(torch.tensor(done, device=device), c.pad_token_id)
-            logits = decode(model, tokens[:, None], position, key_mask, cache)
+            logits = decode(model, tokens[:, None], position, key_mask, static)
             position += 1
             continue
         if len(keep) < len(rows):
@@ -142,8 +143,7 @@ def _generate(
             index = torch.tensor(keep, device=device)
             rows, done = [rows[i] for i in keep], [False] * len(keep)
             tokens, position, key_mask = tokens[index], position[index], key_mask[index]
-            cache.keys = [k.index_select(0, index) for k in cache.keys]
-            cache.values = [v.index_select(0, index) for v in cache.values]
+            cache.keep_rows(index)
         if padded:
             length = cache.length + 1
             hidden = model.trunk(tokens[:, None], positions=position, attn_mask=key_mask[..., :length], cache=cache)

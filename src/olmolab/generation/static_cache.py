@@ -9,15 +9,19 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from olmolab.model.transformer import KVCache, Transformer
+from olmolab.model.kv_cache import StaticKVCache
+from olmolab.model.transformer import Transformer
 
 
-def decode_step(model: Transformer, tokens: Tensor, position: Tensor, key_mask: Tensor, cache: KVCache) -> Tensor:
+def decode_step(
+    model: Transformer, tokens: Tensor, position: Tensor, key_mask: Tensor, cache: StaticKVCache
+) -> Tensor:
     """One token per row over the whole fixed-size cache, so that every step is the same
-    computation: `cache.length` is a tensor, the new keys land at that slot, and attention
-    reads every slot with the ones not yet written masked out."""
-    filled = torch.arange(key_mask.shape[-1], device=tokens.device) <= cache.length
-    hidden = model.trunk(tokens, positions=position, attn_mask=key_mask & filled, cache=cache)
+    computation: the new keys land at the slot after the written ones, and attention reads every
+    slot, with the padding (`key_mask`, (B, 1, 1, max_len)) and the slots not yet written
+    masked out."""
+    attn_mask = key_mask & cache.causal_mask(1, tokens.device)  # (B, 1, 1, max_len)
+    hidden = model.trunk(tokens, positions=position, attn_mask=attn_mask, cache=cache)
     return model.logits(hidden, at="last")
 
 

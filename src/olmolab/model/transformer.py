@@ -17,13 +17,14 @@ three small ones; `olmolab.convert.hf` splits them into Hugging Face's names.
 Each op is named by the formula it computes (`F.linear`, RMSNorm, RoPE, SwiGLU, causal SDPA);
 how it is computed on the machine at hand is `olmolab.kernels`' choice, asked through `kernel`.
 Distributed training wraps this module from outside (`olmolab.train.distributed`); nothing
-here knows about processes.
+here knows about processes. Decoding passes a cache (`olmolab.model.kv_cache`), which says
+where new tokens sit, what they may see and which keys attention reads; nothing here knows
+which kind it is.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Literal, overload
 
 import torch
@@ -32,6 +33,7 @@ from torch import Tensor, nn
 
 from olmolab.kernels import kernel
 from olmolab.model.config import ModelConfig
+from olmolab.model.kv_cache import Cache
 from olmolab.model.label_log_probs import linear_label_log_probs
 from olmolab.model.loss import IGNORE_INDEX, LMLoss, linear_cross_entropy
 
@@ -87,85 +89,23 @@ class RotaryEmbedding(nn.Module):
         angles = torch.outer(torch.arange(self.max_seq_len, dtype=torch.float32, device=device), inv_freq)
         return angles.cos(), angles.sin()  # (max_seq_len, head_dim / 2): one angle per feature pair
 
-    def tables(self, positions: Tensor | None, start: int | Tensor, length: int, device) -> tuple[Tensor, Tensor]:
-        """cos and sin for the given positions: (T, 1, hd / 2) from a range, or (B, T, 1, hd / 2)."""
+    def tables(self, positions: slice | Tensor, device) -> tuple[Tensor, Tensor]:
+        """cos and sin at a range of positions, (T, 1, hd / 2), or at (B, T) positions, (B, T, 1, hd / 2)."""
         if self._tables is None or self._tables[0].device != device:
             self._tables = self._build(device)
+        if isinstance(positions, slice) and positions.stop > self.max_seq_len:  # a slice would be cut short
+            raise ValueError(
+                f"sequence of {positions.stop} tokens is longer than the model's context window "
+                f"(max_seq_len={self.max_seq_len})"
+            )
         cos, sin = self._tables
-        if positions is None and isinstance(start, Tensor):  # a static cache's fill level
-            positions = (start + torch.arange(length, device=device))[None]
-        if positions is None:
-            if start + length > self.max_seq_len:
-                raise ValueError(
-                    f"sequence of {start + length} tokens is longer than the model's context window "
-                    f"(max_seq_len={self.max_seq_len})"
-                )
-            return cos[start : start + length, None, :], sin[start : start + length, None, :]
-        return cos[positions][:, :, None, :], sin[positions][:, :, None, :]
-
-
-@dataclass
-class KVCache:
-    """Keys and values of the tokens seen so far, preallocated for `max_len` tokens per layer.
-
-    `length` is how many positions are filled; the model advances it after each forward.
-    Layout per layer: (B, n_kv_heads, max_len, head_dim), what SDPA consumes.
-    """
-
-    keys: list[Tensor]
-    values: list[Tensor]
-    length: int | Tensor = 0
-    """A 0-dim tensor instead of an int makes every decode step the same computation (what
-    torch.compile and CUDA graphs need): attention then reads the whole buffer, and the
-    caller's mask hides the slots not yet written (`write_cache`)."""
-
-    @classmethod
-    def allocate(cls, config: ModelConfig, batch_size: int, max_len: int, device=None, dtype=None) -> KVCache:
-        shape = (batch_size, config.n_kv_heads, max_len, config.head_dim)
-        make = lambda: torch.zeros(shape, device=device, dtype=dtype)  # noqa: E731
-        return cls([make() for _ in range(config.n_layers)], [make() for _ in range(config.n_layers)])
-
-    @property
-    def max_len(self) -> int:
-        return self.keys[0].shape[2]
-
-
-def write_cache(cache: tuple[Tensor, Tensor], k: Tensor, v: Tensor, start: int | Tensor) -> tuple[Tensor, Tensor]:
-    """Stores this step's keys and values at `start`; returns the keys and values to attend to.
-
-    With an int `start`, those are the filled prefix. With a tensor `start` (a compiled or
-    CUDA-graphed decode step, whose shapes may not change from step to step) they are the whole
-    buffer, and the caller's `attn_mask` hides the slots not yet written.
-    """
-    cache_k, cache_v = cache
-    T = k.shape[2]
-    if isinstance(start, Tensor):
-        slots = start + torch.arange(T, device=start.device)
-        cache_k.index_copy_(2, slots, k)
-        cache_v.index_copy_(2, slots, v)
-        return cache_k, cache_v
-    cache_k[:, :, start : start + T] = k
-    cache_v[:, :, start : start + T] = v
-    return cache_k[:, :, : start + T], cache_v[:, :, : start + T]
-
-
-def continuing_causal_mask(start: int | Tensor, length: int, device) -> Tensor | None:
-    """The mask for `length` new tokens after `start` cached ones, or None where none is needed
-    (a first chunk is plainly causal; one new token may see every cached one). A static cache
-    (a tensor `start`) is refused: only its caller knows which slots are written."""
-    if isinstance(start, Tensor):
-        raise ValueError(
-            "a KVCache whose length is a tensor (a static cache) needs an attn_mask that hides the "
-            "slots not yet written: attention reads the whole buffer (see write_cache)"
-        )
-    if start == 0 or length == 1:
-        return None
-    return torch.ones(length, start + length, dtype=torch.bool, device=device).tril(diagonal=start)
+        return cos[positions, None, :], sin[positions, None, :]  # a range is a view; positions gather
 
 
 class Attention(nn.Module):
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, layer: int):
         super().__init__()
+        self.layer = layer  # which of a cache's buffers hold this layer's keys and values
         self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
         self.d_model, self.kv_dim = config.d_model, config.kv_dim
         self.clip_qkv = config.clip_qkv
@@ -180,8 +120,7 @@ class Attention(nn.Module):
         x: Tensor,
         rope: tuple[Tensor, Tensor],
         mask: Tensor | None,
-        cache: tuple[Tensor, Tensor] | None,
-        start: int | Tensor,
+        cache: Cache | None,
     ) -> Tensor:
         B, T, _ = x.shape
         q, k, v = self.w_qkv(x).split([self.d_model, self.kv_dim, self.kv_dim], dim=-1)
@@ -196,8 +135,8 @@ class Attention(nn.Module):
         v = v.view(B, T, self.n_kv_heads, self.head_dim)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, heads, T, hd)
         if cache is not None:
-            k, v = write_cache(cache, k, v, start)  # (B, nkv, S, hd)
-        if mask is None and start == 0 and T > 1:  # training, scoring, a prompt: plain causal attention
+            k, v = cache.write(self.layer, k, v)  # (B, nkv, S, hd): the cached keys, then these
+        if mask is None and T > 1 and k.shape[2] == T:  # no keys before these (training, scoring, a prompt)
             y = kernel("causal_attention")(q, k, v)  # SDPA(is_causal=True)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.n_kv_heads != self.n_heads)
@@ -217,20 +156,20 @@ class FeedForward(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, layer: int):
         super().__init__()
         self.norm_placement = config.norm_placement
-        self.attention = Attention(config)
+        self.attention = Attention(config, layer)
         self.feed_forward = FeedForward(config)
         self.attention_norm = Norm(config.norm, config.d_model, config.norm_eps)
         self.feed_forward_norm = Norm(config.norm, config.d_model, config.norm_eps)
 
-    def forward(self, x: Tensor, rope, mask=None, cache=None, start: int | Tensor = 0) -> Tensor:
+    def forward(self, x: Tensor, rope, mask=None, cache=None) -> Tensor:
         if self.norm_placement == "pre":  # OLMo 1: normalise what goes into each sub-layer
-            h = x + self.attention(self.attention_norm(x), rope, mask, cache, start)
+            h = x + self.attention(self.attention_norm(x), rope, mask, cache)
             return h + self.feed_forward(self.feed_forward_norm(h))
         # OLMo 2: normalise what comes out of each sub-layer, before the residual add
-        h = x + self.attention_norm(self.attention(x, rope, mask, cache, start))
+        h = x + self.attention_norm(self.attention(x, rope, mask, cache))
         return h + self.feed_forward_norm(self.feed_forward(h))
 
 
@@ -240,7 +179,7 @@ class Transformer(nn.Module):
         self.config = config
         self.embeddings = nn.Embedding(config.embedding_size, config.d_model)
         self.rope = RotaryEmbedding(config.head_dim, config.max_seq_len, config.rope_theta)
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.blocks = nn.ModuleList(Block(config, layer) for layer in range(config.n_layers))
         self.norm = Norm(config.norm, config.d_model, config.norm_eps)
         self.lm_head = Linear(config.d_model, config.embedding_size)
         if config.weight_tying:
@@ -288,24 +227,25 @@ class Transformer(nn.Module):
         *,
         positions: Tensor | None = None,
         attn_mask: Tensor | None = None,
-        cache: KVCache | None = None,
+        cache: Cache | None = None,
     ) -> Tensor:
         """The final norm's output, (B, T, d_model): everything but the LM head.
 
-        positions: (B, T) RoPE positions, e.g. for left-padded batches; default start..start+T.
-        attn_mask: boolean (B, 1, T, S), True = may attend; default causal.
-        cache: a KVCache to read from and append to (generation).
+        positions: (B, T) RoPE positions, e.g. for left-padded batches; default the T positions
+            after the cached ones.
+        attn_mask: boolean (B, 1, T, S), True = may attend; default causal (over the cache).
+        cache: a KVCache or StaticKVCache to read from and append to (generation).
         """
-        start = cache.length if cache is not None else 0
-        if attn_mask is None and cache is not None:
-            attn_mask = continuing_causal_mask(start, input_ids.shape[1], input_ids.device)
+        T = input_ids.shape[1]
+        if cache is not None:  # the new tokens come after the cached ones
+            positions = cache.positions(T) if positions is None else positions
+            attn_mask = cache.causal_mask(T, input_ids.device) if attn_mask is None else attn_mask
         x = self.embeddings(input_ids)  # (B, T, d)
-        rope = self.rope.tables(positions, start, input_ids.shape[1], input_ids.device)
-        for i, block in enumerate(self.blocks):
-            layer_cache = (cache.keys[i], cache.values[i]) if cache is not None else None
-            x = block(x, rope, attn_mask, layer_cache, start)
+        rope = self.rope.tables(slice(0, T) if positions is None else positions, input_ids.device)
+        for block in self.blocks:
+            x = block(x, rope, attn_mask, cache)
         if cache is not None:
-            cache.length += input_ids.shape[1]
+            cache.advance(T)
         return self.norm(x)
 
     def logits(self, hidden: Tensor, at: LogitsAt = "all") -> Tensor:

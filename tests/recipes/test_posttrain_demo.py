@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from ..train.test_trainer import REPO, run_env
+from tests.train.test_trainer import REPO, run_env
 
 pytestmark = pytest.mark.slow
 

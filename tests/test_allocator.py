@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from .test_trainer import run_env
+from tests.train.test_trainer import run_env
 
 libc_name = ctypes.util.find_library("c")
 pytestmark = pytest.mark.skipif(
