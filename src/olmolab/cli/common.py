@@ -35,7 +35,7 @@ def add_dtype_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dtype", choices=PRECISIONS, default="auto",
         help="compute in fp32 or bf16; auto (default) = bf16 where the device multiplies bf16 fast "
-             "(a GPU with bf16, a CPU with AMX), else fp32. The choice is printed",
+             "(a GPU with bf16, a CPU with AMX or AVX512-BF16), else fp32. bf16 is said on stderr",
     )  # fmt: skip
 
 
