@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+from torch.distributed.fsdp import FSDPModule
 
 from olmolab import Transformer, model_files
 from olmolab.errors import UserError
@@ -131,7 +132,9 @@ class RLVRTrainer(PostTrainer):
         # The reference is the frozen starting model. Building it leaves the global RNG as it was,
         # so that a resumed run's RNG state is the one its revision saved.
         with torch.random.fork_rng(devices=[]):
-            self.reference = model_files.load_model(self.config.trainer.load_path, device=self.device).eval()
+            # in the training's compute precision, as CUDA's autocast computes it
+            self.reference = model_files.load_model(self.config.trainer.load_path, device=self.device,
+                                                    dtype=self.precision.dtype).eval()
         self.reference.requires_grad_(False)
         self.sampler = None  # FSDP's: a full copy of the policy to sample from (see sampling_model)
         self.samples_path = self.run_dir / "samples.jsonl"
@@ -189,15 +192,18 @@ class RLVRTrainer(PostTrainer):
         """The policy as a model that this rank alone can decode with. Under FSDP each rank holds a
         shard of the weights, and every forward all-gathers them: ranks whose responses end after
         different numbers of tokens would wait on each other's gathers forever. So each rank samples
-        from a full copy, gathered once per rollout (one more model in memory, as the reference is)."""
-        if not (dist_utils.is_distributed() and self.config.trainer.distributed == "fsdp"):
+        from a full copy, gathered once per rollout (one more model in memory, as the reference is),
+        in the training's compute precision. So does one process training in bf16 on CPU (FSDP2's
+        mixed precision): decoding in inference mode must not touch the weights FSDP trains."""
+        if not isinstance(self.model, FSDPModule):
             return dist_utils.unwrap(self.model)
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         weights = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True))
         if self.sampler is None:
             with torch.random.fork_rng(devices=[]):  # the initialization's draws are not the run's
-                self.sampler = Transformer(self.config.model).to(self.device).eval().requires_grad_(False)
+                self.sampler = Transformer(self.config.model).to(self.device, self.precision.dtype)
+                self.sampler.eval().requires_grad_(False)
         self.sampler.load_state_dict(weights)
         return self.sampler
 
