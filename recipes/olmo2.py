@@ -113,7 +113,7 @@ def excerpt(source: Path, out_dir: Path, n_chars: int | None) -> Path:
     return out
 
 
-def stage1_config(out: Path, scale: Scale, docs: Path, held_out: Path) -> dict:
+def stage1_config(out: Path, scale: Scale, docs: Path, held_out: Path, precision: str = "fp32") -> dict:
     tokens = out / "tokens"
     return {
         "prepare": {
@@ -127,7 +127,7 @@ def stage1_config(out: Path, scale: Scale, docs: Path, held_out: Path) -> dict:
         "trainer": {"run_dir": str(out / "stage1"), "tokenizer": str(out / "tokenizer.json"),
                     "global_batch_size": scale.batch, "micro_batch_size": scale.batch,
                     "max_steps": scale.stage1_steps, "save_interval": None, "eval_interval": scale.stage1_steps // 4,
-                    "eval_batches": 4, "z_loss_multiplier": 1e-5},
+                    "eval_batches": 4, "z_loss_multiplier": 1e-5, "precision": precision},
         "optim": {"lr": scale.peak_lr, "weight_decay": 0.1},
         "scheduler": {"name": "cosine", "t_warmup": max(1, scale.stage1_steps // 10), "alpha_f": 0.1},
     }
@@ -206,9 +206,10 @@ def footprint_table(footprints: dict[str, dict], carbon_intensity: float) -> str
     return "\n".join(lines)
 
 
-def train_stages(out: Path, scale: Scale, docs: Path, wiki: Path, held_out: Path) -> tuple[Path, dict[str, Path]]:
+def train_stages(out: Path, scale: Scale, docs: Path, wiki: Path, held_out: Path,
+                 precision: str = "fp32") -> tuple[Path, dict[str, Path]]:
     """Stage 1, the three anneals and the soup; (stage 1's config, each model's checkpoint)."""
-    stage1 = stage1_config(out, scale, docs, held_out)
+    stage1 = stage1_config(out, scale, docs, held_out, precision)
     stage1_path = write_config(out, "stage1", stage1)
     run(["train", str(stage1_path)])
     stage1_end, start_lr = latest_revision(out / "stage1").path, final_lr(stage1_path)
@@ -234,6 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", choices=sorted(SCALES), default="cpu")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "olmo2-recipe")
+    parser.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="fp32",
+                        help="fp32 (default: the README's tables were run so), bf16, or auto (bf16 on a CPU "
+                             "with AMX or AVX512-BF16; olmolab/precision.py)")
     args = parser.parse_args(argv)
     scale, out = SCALES[args.scale], args.out
     started = time.perf_counter()
@@ -242,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     docs = excerpt(corpora / "python-docs" / "python-3.11-docs.jsonl.gz", out / "corpora", scale.corpus_chars)
     wiki = excerpt(corpora / "wikitext-2" / "valid.txt", out / "corpora", scale.corpus_chars)
     held_out = excerpt(corpora / HELD_OUT, out / "corpora", scale.corpus_chars)
-    stage1_path, models = train_stages(out, scale, docs, wiki, held_out)
+    stage1_path, models = train_stages(out, scale, docs, wiki, held_out, args.precision)
     scores = {name: evaluate(path, out, name.replace(",", "").replace(" ", "-"), scale, held_out)
               for name, path in models.items()}
     for run_dir in ["stage1", *(f"stage2-seed{seed}" for seed in ANNEAL_SEEDS)]:

@@ -154,7 +154,7 @@ def pretrain(out: Path, corpus: Path, args) -> Path:
         "data": {"paths": [str(out / "tokens")], "seq_len": 128, "seed": 1},
         "trainer": {"run_dir": str(run_dir), "tokenizer": str(out / "tokenizer.json"), "global_batch_size": 16,
                     "micro_batch_size": 16, "max_steps": args.pretrain_steps, "save_interval": args.pretrain_steps,
-                    "keep_last": 1, "progress": False},
+                    "keep_last": 1, "progress": False, "precision": args.precision},
         "optim": {"lr": 3e-3, "weight_decay": 0.1},
         "scheduler": {"name": "cosine", "t_warmup": 20, "alpha_f": 0.1},
     }
@@ -168,13 +168,13 @@ def pretrain(out: Path, corpus: Path, args) -> Path:
 
 
 def post_train(method: str, out: Path, load_path: Path, data: Path, section: dict, lr: float, batch: int,
-               max_steps: int | None = None) -> Path:
+               max_steps: int | None = None, precision: str = "fp32") -> Path:
     run_dir = out / method
     raw = {
         method: {"paths": [str(data)], "max_seq_len": 128, "seed": 3} | section,
         "trainer": {"load_path": str(load_path), "run_dir": str(run_dir), "global_batch_size": batch,
                     "micro_batch_size": batch, "max_steps": max_steps, "save_interval": None, "keep_last": 1,
-                    "progress": False},
+                    "progress": False, "precision": precision},
         "optim": {"lr": lr},
         "scheduler": {"name": "linear", "alpha_f": 0.0},
     }
@@ -243,6 +243,9 @@ def rlvr_summary(run_dir: Path, temperature: float) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/posttrain-demo"))
+    parser.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="fp32",
+                        help="fp32 (default: the README's table was run so), bf16, or auto (bf16 on a CPU with AMX or "
+                             "AVX512-BF16; olmolab/precision.py)")
     parser.add_argument("--docs-chars", type=int, default=600_000, help="Python-docs characters to pretrain on")
     parser.add_argument("--vocab-size", type=int, default=1024)
     parser.add_argument("--pretrain-problems", type=int, default=2000)
@@ -282,7 +285,8 @@ def main() -> int:
     corpus = stage("prepare", prepare, out, args)
     base = stage("pretrain", pretrain, out, corpus, args)
     sft = stage("sft", post_train, "sft", out, base, sft_data(out, args),
-                {"warmup_ratio": 0.03, "reduction": "mean", "packing": True}, 1e-3, 16, args.sft_steps)
+                {"warmup_ratio": 0.03, "reduction": "mean", "packing": True}, 1e-3, 16, args.sft_steps,
+                args.precision)
     pairs, sample_accuracy = stage("sample", on_policy_pairs, out, sft, args)
     n_pairs = sum(1 for _ in pairs.open())
     table = {
@@ -291,13 +295,14 @@ def main() -> int:
     }
     if n_pairs:  # none when the SFT model's samples are all right or all wrong
         dpo = stage("dpo", post_train, "dpo", out, sft, pairs,
-                    {"loss": args.dpo_loss, "beta": args.dpo_beta, "epochs": 1, "warmup_ratio": 0.1}, args.dpo_lr, 16)
+                    {"loss": args.dpo_loss, "beta": args.dpo_beta, "epochs": 1, "warmup_ratio": 0.1}, args.dpo_lr, 16,
+                    None, args.precision)
         table["DPO"] = stage("eval dpo", accuracy, dpo, test, True)
     start = dpo if args.rlvr_from == "dpo" and n_pairs else sft
     rlvr = stage("rlvr", post_train, "rlvr", out, start, rlvr_prompts(out, args),
                  {"samples_per_prompt": args.rlvr_samples, "response_length": 24, "beta": args.rlvr_beta,
                   "temperature": args.rlvr_temperature, "sample_interval": 10},
-                 args.rlvr_lr, args.rlvr_batch, args.rlvr_steps)
+                 args.rlvr_lr, args.rlvr_batch, args.rlvr_steps, args.precision)
     table[f"RLVR (from {start.name.upper()})"] = stage("eval rlvr", accuracy, rlvr, test, True)
     print(f"\nheld-out accuracy on {len(test)} sorting problems never trained on (greedy):")
     print(f"  {'stage':18s} accuracy")
