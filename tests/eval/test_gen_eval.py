@@ -61,13 +61,13 @@ def test_long_prompts_keep_their_last_tokens_and_room_for_the_answer(tokenizer, 
     assert all(len(f) > 100 and c == f[-100:] for f, c in zip(full, cut, strict=True))
 
 
-def test_tulu_chat_template_renders_turns_and_leaves_the_assistant_open():
+def test_tulu_chat_template_renders_turns_and_leaves_the_assistant_open(eval_data):
     turns = [("Question: 1+1?\nAnswer:", "2"), ("Question: 2+2?\nAnswer:", "")]
     assert tulu_chat_prompt(turns, "<s>", "</s>") == (
         "<s><|user|>\nQuestion: 1+1?\nAnswer:\n<|assistant|>\n2</s>\n"
         "<|user|>\nQuestion: 2+2?\nAnswer:\n<|assistant|>\n"
     )
-    [example] = build_gen_examples("drop", 1, EVAL_DATA, 1)
+    [example] = build_gen_examples("drop", 1, eval_data, 1)
     user, answer = example.turns[0]
     assert user.startswith("The following are reading comprehension") and "\nAnswer:" in user and answer
     assert example.turns[-1][1] == "" and example.prompt.endswith(example.turns[-1][0])
