@@ -6,6 +6,7 @@ the same run, interleaving the two sides and taking medians.
 
 from __future__ import annotations
 
+import copy
 import statistics
 import time
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from pathlib import Path
 import torch
 
 from olmolab import ModelConfig
+from olmolab.precision import bf16_is_fast
 
 # The bench model of the issues: OLMo 2, d_model 384, 6 layers, 6 heads, SwiGLU 1024, vocab 16384.
 BENCH_MODEL = ModelConfig.preset(
@@ -21,6 +23,24 @@ BENCH_MODEL = ModelConfig.preset(
     mlp_hidden_size=1024, vocab_size=16384, embedding_size=16384, max_seq_len=512,
 )
 BENCH_SEQ_LEN, BENCH_BATCH = 512, 8
+
+WORDS = "the of and to in is was for on that with as by at from his her it an are were which this be".split()
+"""Filler vocabulary for the post-training benchmarks' synthetic conversations and prompts."""
+
+
+def bf16_skipped(rows: str) -> bool:
+    """Whether this CPU has no bf16 unit, so the `rows` timing bf16 are skipped (bf16 would be
+    emulated: those rows would time the emulation); says why where so."""
+    fast, why = bf16_is_fast(torch.device("cpu"))
+    if not fast:
+        print(f"{rows} skipped: {why}")
+    return not fast
+
+
+def bf16_weights(model: torch.nn.Module, rows: str) -> torch.nn.Module | None:
+    """A copy of `model` with bf16 weights (what `--dtype bf16` evaluates and generates with), or
+    None where `bf16_skipped(rows)`."""
+    return None if bf16_skipped(rows) else copy.deepcopy(model).to(torch.bfloat16)
 
 
 def bench_tokenizer(shared: Path):

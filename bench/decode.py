@@ -24,7 +24,6 @@ an argmax).
 from __future__ import annotations
 
 import argparse
-import copy
 import statistics
 import sys
 import tempfile
@@ -34,13 +33,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import BENCH_MODEL, setup
+from common import BENCH_MODEL, bf16_weights, setup
 
 from olmolab import Transformer
 from olmolab.convert import hf
 from olmolab.generation import GenerationConfig, generate
 from olmolab.kernels.cpu_matmul import cpu_bf16_matmul_unit
-from olmolab.precision import resolve_precision
 from olmolab.train.energy import cpu_model_name
 
 TARGETS = {1: 3.0, 8: 2.0}  # decode speed-ups the issue asks for, by batch size
@@ -91,11 +89,7 @@ def main() -> None:
         hf.export(ours, tmp)
         theirs = AutoModelForCausalLM.from_pretrained(tmp).eval()
 
-    bf16 = None
-    if cpu_bf16_matmul_unit() is None:
-        print(f"olmolab bf16 skipped: {resolve_precision('bf16', 'cpu').reason.removeprefix('asked for, though ')}")
-    else:
-        bf16 = copy.deepcopy(ours).to(torch.bfloat16)
+    bf16 = bf16_weights(ours, "olmolab bf16")
     print(f"CPU: {cpu_model_name()} (bf16 unit: {cpu_bf16_matmul_unit() or 'none'})")
     print(f"bench model: {BENCH_MODEL.name}, d_model {BENCH_MODEL.d_model}, {BENCH_MODEL.n_layers} layers, "
           f"vocab {BENCH_MODEL.embedding_size}, fp32, {torch.get_num_threads()} threads; prompt {args.prompt_len} "

@@ -20,7 +20,6 @@ examples/s and the ratio against naive for each PIQA variant.
 from __future__ import annotations
 
 import argparse
-import copy
 import statistics
 import sys
 import time
@@ -30,13 +29,12 @@ import numpy as np
 import torch
 
 sys.path.append(str(Path(__file__).parent))
-from common import BENCH_MODEL, bench_tokenizer, setup
+from common import BENCH_MODEL, bench_tokenizer, bf16_weights, setup
 
 from olmolab import Transformer
 from olmolab.eval.downstream import all_requests, fit_window, loglikelihoods, tokenize_requests
 from olmolab.eval.tasks import TaskSpec, build_examples
 from olmolab.kernels.cpu_matmul import cpu_bf16_matmul_unit
-from olmolab.precision import resolve_precision
 from olmolab.train.energy import cpu_model_name
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -105,11 +103,7 @@ def main() -> None:
     setup(args.threads)
     tokenizer = bench_tokenizer(SHARED)
     model = Transformer(BENCH_MODEL).eval()
-    bf16 = None
-    if cpu_bf16_matmul_unit() is None:
-        print(f"packed bf16 skipped: {resolve_precision('bf16', 'cpu').reason.removeprefix('asked for, though ')}")
-    else:
-        bf16 = copy.deepcopy(model).to(torch.bfloat16)
+    bf16 = bf16_weights(model, "packed bf16")
     print(
         f"CPU: {cpu_model_name()} (bf16 unit: {cpu_bf16_matmul_unit() or 'none'}); bench model {BENCH_MODEL.name}: "
         f"{model.num_params() / 1e6:.1f}M params, {torch.get_num_threads()} threads, batch size {args.batch_size}"

@@ -46,7 +46,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import BENCH_MODEL, setup
+from common import BENCH_MODEL, WORDS, setup
 
 from olmolab import Transformer
 from olmolab.convert import hf
@@ -56,8 +56,6 @@ from olmolab.posttrain.config import post_train_config_from_dict
 from olmolab.posttrain.dpo import DPOTrainer
 from olmolab.posttrain.sft import SFTTrainer
 from olmolab.tokenizer import train_bpe
-
-WORDS = "the of and to in is was for on that with as by at from his her it an are were which this be".split()
 
 
 def conversations(n: int, answer_words: int, seed: int) -> list[tuple[str, str, str]]:

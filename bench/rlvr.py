@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import BENCH_MODEL, setup
+from common import BENCH_MODEL, WORDS, setup
 
 from olmolab import Transformer
 from olmolab.generation import GenerationConfig, generate
@@ -34,8 +34,6 @@ from olmolab.model_files import save_model
 from olmolab.posttrain.config import post_train_config_from_dict
 from olmolab.posttrain.rlvr import RLVRTrainer
 from olmolab.tokenizer import train_bpe
-
-WORDS = "the of and to in is was for on that with as by at from his her it an are were which this be".split()
 
 
 def main() -> None:

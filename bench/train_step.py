@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import BENCH_BATCH, BENCH_MODEL, BENCH_SEQ_LEN, interleaved_samples, setup
+from common import BENCH_BATCH, BENCH_MODEL, BENCH_SEQ_LEN, bf16_skipped, interleaved_samples, setup
 
 from olmolab import Transformer
 from olmolab.allocator import keep_freed_memory
@@ -150,9 +150,7 @@ def bf16_copy(model):
     """A copy of `model` set up as the trainer's `precision: bf16` sets it up on CPU (fp32 master
     weights, bf16 compute copies: FSDP2's mixed precision on a one-process group), or None, saying
     why, where the CPU has no bf16 unit (bf16 would be emulated, and this table would say nothing)."""
-    precision = resolve_precision("bf16", "cpu")
-    if cpu_bf16_matmul_unit() is None:
-        print(f"olmolab bf16 and transformers bf16 skipped: {precision.reason.removeprefix('asked for, though ')}")
+    if bf16_skipped("olmolab bf16 and transformers bf16"):
         return None
     print(f"bf16 rows on this CPU's {cpu_bf16_matmul_unit()} (precision auto: {resolve_precision('auto', 'cpu')})")
     return dist_utils.parallelize(copy.deepcopy(model), strategy="ddp", device=torch.device("cpu"), bf16=True,

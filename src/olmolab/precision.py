@@ -48,9 +48,9 @@ def resolve_precision(setting: str, device: torch.device | str, *, key: str = "p
     """`setting` (auto, fp32 or bf16) made concrete for `device`; `key` names the setting in errors."""
     if setting not in PRECISIONS:
         raise UserError(f"{key}={setting!r}: expected one of {', '.join(PRECISIONS)}")
-    fast, why = bf16_is_fast(torch.device(device))
     if setting == "fp32":
         return Precision("fp32", "asked for")
+    fast, why = bf16_is_fast(torch.device(device))
     if setting == "bf16":
         return Precision("bf16", "asked for" if fast else f"asked for, though {why}")
     return Precision("bf16", f"auto: {why}") if fast else Precision("fp32", f"auto: {why}")

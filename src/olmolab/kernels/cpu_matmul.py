@@ -71,29 +71,29 @@ class _OneDNNLinear(torch.autograd.Function):
         return grad_x, grad_weight
 
 
-def cpu_vendor() -> str | None:
-    """The CPU's vendor id as Linux reports it ("GenuineIntel", "AuthenticAMD"), else None."""
+def cpuinfo(field: str) -> str | None:
+    """The first CPU's `field` in Linux's /proc/cpuinfo ("vendor_id", "model name", "flags"), or
+    None where there is no such file (macOS, Windows) or field."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
+                name, _, value = line.partition(":")
+                if name.strip() == field:
+                    return value.strip()
     except OSError:
         pass
     return None
 
 
+def cpu_vendor() -> str | None:
+    """The CPU's vendor id as Linux reports it ("GenuineIntel", "AuthenticAMD"), else None."""
+    return cpuinfo("vendor_id")
+
+
 @functools.cache
 def cpu_flags() -> frozenset[str]:
     """The CPU's feature flags as Linux reports them (`lscpu`'s Flags), empty where unknown."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
+    return frozenset((cpuinfo("flags") or "").split())
 
 
 def cpu_bf16_matmul_unit() -> str | None:

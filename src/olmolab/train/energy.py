@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from olmolab.kernels.cpu_matmul import cpuinfo
 from olmolab.train import distributed as dist_utils
 
 # The OLMo 7B model card's carbon intensity for its A100 cluster (MosaicML): 75.05 t CO2e from
@@ -162,13 +163,7 @@ def hardware_name(device: torch.device, world_size: int) -> str:
 
 
 def cpu_model_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "CPU"
+    return cpuinfo("model name") or "CPU"
 
 
 class EnergyMeter:

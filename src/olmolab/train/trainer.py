@@ -102,7 +102,6 @@ class Trainer:
         ckpt.remove_leftovers(self.run_dir)
         self.accum_steps = tc.check_batch(self.world_size)
         self.precision = self._choose_precision()
-        self.bf16 = self.precision.name == "bf16"
 
         torch.manual_seed(tc.seed)
         with torch.device(self.device):
@@ -113,7 +112,8 @@ class Trainer:
             self._load_weights_only(model, tc.load_path)
         self.raw_model = model
         self.model = dist_utils.parallelize(
-            model, strategy="fsdp" if tc.distributed == "fsdp" else "ddp", device=self.device, bf16=self.bf16,
+            model, strategy="fsdp" if tc.distributed == "fsdp" else "ddp", device=self.device,
+            bf16=self.precision.name == "bf16",
             compile_blocks=tc.compile, activation_checkpointing=tc.activation_checkpointing,
         )
         self.optimizer = build_optimizer(self.model, config.optim)
@@ -235,7 +235,7 @@ class Trainer:
         return chosen
 
     def _autocast(self):
-        if self.bf16 and self.device.type == "cuda":
+        if self.precision.name == "bf16" and self.device.type == "cuda":
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
