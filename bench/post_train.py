@@ -89,7 +89,7 @@ class OlmolabSide:
             method: {"paths": [str(data)], "max_seq_len": seq_len} | section,
             "trainer": {"load_path": str(tmp / "olmolab"), "run_dir": str(tmp / f"run-{method}"),
                         "global_batch_size": batch, "micro_batch_size": batch, "max_steps": steps,
-                        "save_interval": None, "progress": False},
+                        "save_interval": None, "progress": False, "precision": "fp32"},  # as TRL's side
             "optim": {"lr": 1e-5, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0},  # as TRL's
             "scheduler": {"name": "constant"},
         }

@@ -58,7 +58,8 @@ def main() -> None:
             "rlvr": {"paths": [str(tmp / "prompts.jsonl")], "max_seq_len": BENCH_MODEL.max_seq_len,
                      "samples_per_prompt": args.samples, "response_length": args.response_length, "sample_interval": 0},
             "trainer": {"load_path": str(tmp / "base"), "run_dir": str(tmp / "run"), "global_batch_size": args.prompts,
-                        "micro_batch_size": 1, "max_steps": args.steps, "save_interval": None, "progress": False},
+                        "micro_batch_size": 1, "max_steps": args.steps, "save_interval": None, "progress": False,
+                        "precision": "fp32"},  # as generate's side
             "optim": {"lr": 1e-5},
             "scheduler": {"name": "constant"},
         }

@@ -62,7 +62,7 @@ def main() -> None:
             "model": BENCH_MODEL.to_dict(),
             "data": {"paths": [str(tokens)], "dtype": "uint16", "seq_len": BENCH_SEQ_LEN},
             "trainer": {"global_batch_size": BENCH_BATCH, "micro_batch_size": BENCH_BATCH, "save_interval": None,
-                        "progress": True, "peak_flops": 1.8e11},
+                        "progress": True, "peak_flops": 1.8e11, "precision": "fp32"},  # as the bare step
         }
         model = Transformer(BENCH_MODEL).train()
         ids = torch.randint(0, BENCH_MODEL.vocab_size, (BENCH_BATCH, BENCH_SEQ_LEN))
