@@ -3,12 +3,13 @@
 Same weights, same batch, same optimizer settings, same process; the sides alternate. olmolab
 runs eager, with each block torch.compile'd (`trainer.compile`: what inductor's fusion of the
 elementwise work between the matmuls is worth on this CPU), and in bf16 as `trainer.precision:
-bf16` trains (fp32 master weights and AdamW state, bf16 compute copies and activations);
+bf16` trains (fp32 master weights and AdamW state, bf16 compute copies and activations), eager
+and compiled;
 transformers in fp32 and under `torch.autocast("cpu", bfloat16)`. The bf16 rows run where the CPU
 has a bf16 unit (AMX or AVX512-BF16) and are skipped, saying why, elsewhere. Prints tokens/s of
 each, MFU against this machine's measured matmul peak in the row's precision, and each olmolab
 mode's ratio to transformers fp32 (olmolab bf16's also to olmolab fp32 and to transformers
-bf16) three ways: of the median rounds; the median of each round's own ratio (a round runs
+bf16; compiled bf16's to compiled fp32) three ways: of the median rounds; the median of each round's own ratio (a round runs
 the sides back to back, so a slow spell of a shared machine that outlasts it slows both); and
 of each side's fastest round (the round the other tenants disturbed least).
 
@@ -97,6 +98,7 @@ def main() -> None:
             block.compile()
 
     bf16 = None if args.no_bf16 else bf16_copy(ours)
+    bf16_compiled = None if bf16 is None or args.no_compile else bf16_copy(ours, compile_blocks=True)
 
     ids = torch.randint(0, BENCH_MODEL.vocab_size, (BENCH_BATCH, BENCH_SEQ_LEN))
     labels = torch.cat([ids[:, 1:], torch.full((BENCH_BATCH, 1), -100)], dim=1)
@@ -105,6 +107,8 @@ def main() -> None:
         steps["olmolab compiled"] = olmolab_step(compiled, adamw(compiled), ids, labels)
     if bf16 is not None:
         steps["olmolab bf16"] = olmolab_step(bf16, adamw(bf16), ids, labels)
+    if bf16_compiled is not None:
+        steps["olmolab bf16 compiled"] = olmolab_step(bf16_compiled, adamw(bf16_compiled), ids, labels)
     steps["transformers"] = transformers_step(theirs, adamw(theirs), ids)
     if bf16 is not None:
         autocast = copy.deepcopy(theirs)
@@ -113,7 +117,7 @@ def main() -> None:
         try:
             step(), step()
         except Exception as e:  # inductor needs a working C++ compiler; time what can run
-            if name != "olmolab compiled":
+            if "compiled" not in name:
                 raise
             print(f"compiled blocks failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
                   "timing eager only (--no-compile skips the attempt)")
@@ -136,9 +140,13 @@ def main() -> None:
     for name, s in seconds.items():
         peak = peaks[torch.bfloat16 if "bf16" in name else torch.float32]
         spread = f"rounds {min(samples[name]) * 1e3:.0f}-{max(samples[name]) * 1e3:.0f} ms"
-        print(f"  {name:17s} {s * 1e3:8.1f} ms/step  {tokens / s:9.0f} tokens/s  MFU {flops / s / peak:6.1%}  ({spread})")
+        print(f"  {name:21s} {s * 1e3:8.1f} ms/step  {tokens / s:9.0f} tokens/s  MFU {flops / s / peak:6.1%}  ({spread})")
     for name in steps:
-        anchors = ["transformers"] + (["olmolab", "transformers bf16"] if name == "olmolab bf16" else [])
+        anchors = ["transformers"] + {
+            "olmolab bf16": ["olmolab", "transformers bf16"],
+            "olmolab bf16 compiled": ["olmolab compiled", "transformers bf16"],
+        }.get(name, [])
+        anchors = [a for a in anchors if a in steps]
         for anchor in anchors if name != "transformers" else []:
             paired = statistics.median(t / o for t, o in zip(samples[anchor], samples[name], strict=True))
             best = min(samples[anchor]) / min(samples[name])
@@ -146,15 +154,17 @@ def main() -> None:
                   f"(median of each round's ratio: {paired:.2f}x; fastest rounds: {best:.2f}x)")
 
 
-def bf16_copy(model):
+def bf16_copy(model, compile_blocks=False):
     """A copy of `model` set up as the trainer's `precision: bf16` sets it up on CPU (fp32 master
-    weights, bf16 compute copies: FSDP2's mixed precision on a one-process group), or None, saying
-    why, where the CPU has no bf16 unit (bf16 would be emulated, and this table would say nothing)."""
+    weights, bf16 compute copies: FSDP2's mixed precision on a one-process group), each block
+    torch.compile'd with `compile_blocks` (`trainer.compile`), or None, saying why, where the CPU has
+    no bf16 unit (bf16 would be emulated, and this table would say nothing)."""
     if bf16_skipped("olmolab bf16 and transformers bf16"):
         return None
-    print(f"bf16 rows on this CPU's {cpu_bf16_matmul_unit()} (precision auto: {resolve_precision('auto', 'cpu')})")
+    if not compile_blocks:
+        print(f"bf16 rows on this CPU's {cpu_bf16_matmul_unit()} (precision auto: {resolve_precision('auto', 'cpu')})")
     return dist_utils.parallelize(copy.deepcopy(model), strategy="ddp", device=torch.device("cpu"), bf16=True,
-                                  compile_blocks=False, activation_checkpointing=False)
+                                  compile_blocks=compile_blocks, activation_checkpointing=False)
 
 
 if __name__ == "__main__":

@@ -139,11 +139,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 grad_w = (torch.empty if dtype == acc_dtype else torch.zeros)(w.shape, dtype=acc_dtype, device=w.device)
             # Every chunk's logits, then its gradient, are written into this one buffer: on a CPU a
             # fresh block this large would come from the OS, page-faulting anew for every chunk.
+            # bf16 logits are upcast into a second, fp32 one, for the same reason.
             buffer = torch.empty(min(rows, n), vocab, dtype=dtype, device=h.device)
+            upcast = torch.empty_like(buffer, dtype=acc_dtype) if acc_dtype != dtype else None
             for s in range(0, n, rows):
                 e = min(s + rows, n)
                 ok, target_ids = valid[s:e], labels[s:e].clamp(min=0)[:, None]
-                logits = torch.mm(h[s:e], w.T, out=buffer[: e - s]).to(acc_dtype)  # (rows, V)
+                logits = torch.mm(h[s:e], w.T, out=buffer[: e - s])  # (rows, V)
+                if upcast is not None:
+                    logits = upcast[: e - s].copy_(logits)
                 target = logits.gather(1, target_ids).squeeze(1)
                 # The softmax in place, by the fused kernel that finishes each row while it is still
                 # in cache (one sweep of the chunk, not four for max, subtract, exp and sum); it
@@ -161,7 +165,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 lse_factor = 1 + 2 * z_mult * lse
                 row_scale = torch.where(ok, lse_factor / div, 0.0)[:, None]
                 probs.scatter_add_(1, target_ids, torch.where(ok, -1.0 / lse_factor, 0.0)[:, None])  # lse's dtype: acc_dtype
-                grad_logits = probs.to(dtype)
+                grad_logits = probs if upcast is None else buffer[: e - s].copy_(probs)
                 torch.mm(grad_logits, w, out=grad_h[s:e]).mul_(row_scale)
                 scaled_h = h[s:e] * row_scale.to(dtype)
                 if dtype == acc_dtype:  # beta 0 on the first chunk, which overwrites what was there
