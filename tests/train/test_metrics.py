@@ -34,6 +34,32 @@ def test_mfu_is_achieved_flops_over_peak_times_devices():
     assert report["mfu"] == pytest.approx(1000 * 1e9 / 2e12)
 
 
+def test_an_mfu_above_100_percent_remeasures_the_peak_and_keeps_the_higher():
+    remeasured = []
+
+    def remeasure():
+        remeasured.append(True)
+        return 4e12
+
+    throughput = Throughput(flops_per_token=1e9, peak=1e12, world_size=1, remeasure_peak=remeasure)
+    throughput.add(2000)
+    throughput.seconds = 1.0  # 2e12 FLOP/s against a peak of 1e12 measured in a slow spell
+    assert throughput.report()["mfu"] == pytest.approx(0.5)
+    assert throughput.peak == 4e12 and len(remeasured) == 1
+    throughput.pause()  # the report restarted the clock
+    throughput.add(1000)
+    throughput.seconds = 1.0  # 25%: the peak is not measured again
+    assert throughput.report()["mfu"] == pytest.approx(0.25)
+    assert len(remeasured) == 1
+
+
+def test_a_lower_remeasured_peak_is_not_taken():
+    throughput = Throughput(flops_per_token=1e9, peak=1e12, world_size=1, remeasure_peak=lambda: 5e11)
+    throughput.add(2000)
+    throughput.seconds = 1.0
+    assert throughput.report()["mfu"] == pytest.approx(2.0)
+
+
 # ---------------------------------------------------------------------- metrics.jsonl
 
 

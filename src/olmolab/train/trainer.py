@@ -24,6 +24,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -45,7 +46,14 @@ from olmolab.tokenizer import Tokenizer
 from olmolab.train import checkpoint as ckpt
 from olmolab.train import distributed as dist_utils
 from olmolab.train.energy import EnergyMeter
-from olmolab.train.metrics import MetricSinks, SpikeDetector, Throughput, peak_flops, read_metrics
+from olmolab.train.metrics import (
+    MetricSinks,
+    SpikeDetector,
+    Throughput,
+    measure_matmul_flops,
+    peak_flops,
+    read_metrics,
+)
 from olmolab.train.optim import build_optimizer, lr_at
 from olmolab.train.run_lock import RunLock
 
@@ -133,8 +141,10 @@ class Trainer:
         for row in read_metrics(self.run_dir) if self.rank == 0 else []:
             if "loss" in row:
                 self.spikes.recent.append(row["loss"])
+        measured = self.device.type == "cpu" and not tc.peak_flops
         self.throughput = Throughput(config.model.flops_per_token(config.data.seq_len),
-                                     peak_flops(self.device, tc.peak_flops, self.precision.dtype), self.world_size)
+                                     peak_flops(self.device, tc.peak_flops, self.precision.dtype), self.world_size,
+                                     remeasure_peak=partial(measure_matmul_flops, dtype=self.precision.dtype) if measured else None)
 
     # ------------------------------------------------------------------ setup helpers
 
