@@ -25,6 +25,10 @@ On a machine shared with other work, wall-clock steps swing with the load (a des
 thread stalls its partner at every barrier), interleaving or not. `--threads 1 --cpu-time`
 times each step in the process's CPU time instead: the work each side does, whatever else runs.
 
+Both sides train in fp32 by default. `--precision bf16` trains olmolab in `trainer.precision:
+bf16` (fp32 master weights, bf16 compute through FSDP2's mixed precision) and TRL with `bf16=True`
+(fp32 weights, the forward under bf16 autocast), on a CPU with a bf16 unit (AMX, AVX512-BF16).
+
 TRL is needed for this benchmark only (`pip install -e ".[bench]"`); olmolab never imports it.
 
     python bench/post_train.py
@@ -46,7 +50,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import BENCH_MODEL, WORDS, setup
+from common import BENCH_MODEL, WORDS, bf16_skipped, setup
 
 from olmolab import Transformer
 from olmolab.convert import hf
@@ -83,13 +87,14 @@ def tokens_per_s(steps: list[Step]) -> float:
 class OlmolabSide:
     """olmolab's post-trainer, stepped one batch at a time."""
 
-    def __init__(self, method: str, tmp: Path, data: Path, batch: int, seq_len: int, steps: int, clock):
+    def __init__(self, method: str, tmp: Path, data: Path, batch: int, seq_len: int, steps: int, clock,
+                 precision: str):
         section = {"sft": {"reduction": "mean"}, "dpo": {"loss": "dpo", "beta": 0.1}}[method]
         raw = {
             method: {"paths": [str(data)], "max_seq_len": seq_len} | section,
             "trainer": {"load_path": str(tmp / "olmolab"), "run_dir": str(tmp / f"run-{method}"),
                         "global_batch_size": batch, "micro_batch_size": batch, "max_steps": steps,
-                        "save_interval": None, "progress": False, "precision": "fp32"},  # as TRL's side
+                        "save_interval": None, "progress": False, "precision": precision},  # as TRL's side
             "optim": {"lr": 1e-5, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0},  # as TRL's
             "scheduler": {"name": "constant"},
         }
@@ -123,7 +128,7 @@ def trl_token_counts(inputs: dict) -> tuple[int, int]:
 
 
 def run_interleaved(method: str, tmp: Path, rows: list[dict], ours: OlmolabSide, batch: int, seq_len: int,
-                    steps: int, padding_free: bool, clock) -> list[Step]:
+                    steps: int, padding_free: bool, clock, precision: str) -> list[Step]:
     """TRL's steps; after each, outside its timing, one of `ours`."""
     import datasets
     import transformers
@@ -152,7 +157,8 @@ def run_interleaved(method: str, tmp: Path, rows: list[dict], ours: OlmolabSide,
     common = dict(output_dir=str(tmp / f"trl-{method}"), per_device_train_batch_size=batch, max_steps=steps,
                   learning_rate=1e-5, lr_scheduler_type="constant", weight_decay=0.0, adam_beta2=0.999,
                   max_grad_norm=1.0, report_to="none", save_strategy="no", logging_steps=10**6, use_cpu=True,
-                  dataloader_num_workers=0, max_length=seq_len, seed=0, disable_tqdm=True)
+                  dataloader_num_workers=0, max_length=seq_len, seed=0, disable_tqdm=True,
+                  bf16=precision == "bf16")  # fp32 weights, bf16 autocast
     if method == "sft":
         if padding_free:  # TRL enforces no max_length then; every conversation here fits it
             common["max_length"] = None
@@ -173,10 +179,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--trl-padding-free", action="store_true", help="TRL's SFT without padding (see above)")
     parser.add_argument("--methods", nargs="+", choices=["sft", "dpo"], default=["sft", "dpo"])
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                        help="bf16: olmolab's trainer.precision bf16 against TRL's bf16=True (both keep fp32 "
+                             "weights; needs a CPU with a bf16 unit)")
     parser.add_argument("--cpu-time", action="store_true",
                         help="time steps in the process's CPU time, not wall-clock (see above; use with --threads 1)")
     args = parser.parse_args()
     setup(args.threads)
+    if args.precision == "bf16" and bf16_skipped("--precision bf16"):
+        sys.exit(1)
     clock = time.process_time if args.cpu_time else time.perf_counter
     try:
         import trl
@@ -200,11 +211,12 @@ def main() -> None:
                                                for r in rows["dpo"]))
         results = {}
         for method in args.methods:
-            ours = OlmolabSide(method, tmp, tmp / f"{method}.jsonl", args.batch, args.seq_len, args.steps, clock)
+            ours = OlmolabSide(method, tmp, tmp / f"{method}.jsonl", args.batch, args.seq_len, args.steps, clock,
+                               args.precision)
             theirs = run_interleaved(method, tmp, rows[method], ours, args.batch, args.seq_len, args.steps,
-                                     args.trl_padding_free, clock)
+                                     args.trl_padding_free, clock, args.precision)
             results[method] = (ours.steps, theirs)
-    print(f"bench model, batch {args.batch} (DPO: pairs), conversations up to {args.seq_len} tokens, fp32, "
+    print(f"bench model, batch {args.batch} (DPO: pairs), conversations up to {args.seq_len} tokens, {args.precision}, "
           f"{args.threads} threads, TRL {trl.__version__}" + (", TRL SFT padding-free" if args.trl_padding_free else "")
           + (", CPU time" if args.cpu_time else ""))
     for method, sides in results.items():
