@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from olmolab.kernels import KERNELS, decode_linear, kernel, using
 from olmolab.kernels.cpu_matmul import onednn_linear_works
-from olmolab.kernels.decode import DecodeLinear, one_row_linear
+from olmolab.kernels.decode import DecodeLinear, decode_layout, one_row_linear
 
 
 def inputs_for(name: str) -> tuple:
@@ -95,6 +95,15 @@ def test_decode_linear_equals_f_linear_and_follows_in_place_updates(layout):
         weight.mul_(2)  # an optimizer step between two generate calls
     torch.testing.assert_close(DecodeLinear([weight], layout, F.linear)(x, weight), F.linear(x, weight),
                                rtol=1e-5, atol=1e-5)
+
+
+def test_one_bf16_row_on_one_thread_is_multiplied_by_the_packed_weight(monkeypatch):
+    if not onednn_linear_works():
+        pytest.skip("this torch build has no oneDNN linear")
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert decode_layout(1, torch.float32) == "transposed"
+    assert decode_layout(1, torch.bfloat16) == "onednn"
+    assert decode_layout(8, torch.bfloat16) == "onednn"
 
 
 def test_decode_linear_leaves_other_devices_and_dtypes_to_the_registry():

@@ -3,7 +3,9 @@ matrix: most of a decode step, and MKL's `F.linear` is slow at it on this projec
 
 - With 2+ threads, oneDNN with each weight packed into its blocked layout (oneDNN splits a
   matrix-vector product across threads, MKL does not).
-- With 1 thread and one row, a plain matmul by the transposed (in, out) weight.
+- With 1 thread and one fp32 row, a plain matmul by the transposed (in, out) weight (in bf16 the
+  packed oneDNN weight is faster at one thread too: the transposed bf16 matmul is not blocked
+  for the CPU's bf16 unit).
 - In a compiled decode step of one row, multiply-and-sum, which inductor turns into one pass over
   the weight at close to memory bandwidth (`one_row_linear`).
 
@@ -43,9 +45,10 @@ def one_row_linear(x: Tensor, weight: Tensor) -> Tensor:
     return (x.unsqueeze(-2) * weight).sum(-1)
 
 
-def decode_layout(batch_size: int) -> WeightLayout | None:
-    """The weight layout that multiplies `batch_size` rows fastest on this CPU, or None: `F.linear`."""
-    if batch_size == 1 and torch.get_num_threads() == 1:
+def decode_layout(batch_size: int, dtype: torch.dtype = torch.float32) -> WeightLayout | None:
+    """The weight layout that multiplies `batch_size` rows of `dtype` fastest on this CPU, or None:
+    `F.linear`."""
+    if batch_size == 1 and torch.get_num_threads() == 1 and dtype == torch.float32:
         return "transposed"
     if onednn_linear_works():
         return "onednn"

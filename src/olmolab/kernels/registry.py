@@ -91,7 +91,8 @@ def using(name: KernelName, implementation: Callable[..., Tensor] | None) -> Ite
 def decode_linear(weights: Iterable[Tensor], batch_size: int) -> DecodeLinear | None:
     """The linear kernel for decoding `batch_size` rows with these weights on this machine, or
     None where the registry's is already the best (no layout pays, or no weight is on the CPU)."""
-    layout = decode_layout(batch_size)
+    weights = list(weights)
+    layout = decode_layout(batch_size, weights[0].dtype if weights else torch.float32)
     if layout is None:
         return None
     decode = DecodeLinear(weights, layout, fallback=KERNELS["linear"])
