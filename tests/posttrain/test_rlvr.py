@@ -68,6 +68,52 @@ def test_token_logps_are_the_full_forwards_log_probs_of_the_labels():
     torch.testing.assert_close(got, expected)
 
 
+def test_the_loss_scores_each_response_token_as_the_sampler_drew_it(tmp_path, chat_tokenizer, monkeypatch):
+    """Before the first update the policy is the sampling policy, so the log-probs the loss uses
+    (policy, sampling policy, reference) are those `generate` drew each token with: at the
+    rollout's temperature, and over the model's vocabulary, not the embedding's padding rows."""
+    from olmolab import ModelConfig, Transformer
+    from olmolab.generation import decode, sampling
+    from olmolab.model_files import save_model
+    from olmolab.posttrain.config import load_post_train_config
+    from olmolab.posttrain.rlvr import RLVRTrainer
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.preset("olmo2-tiny", max_seq_len=MAX_SEQ_LEN, embedding_size=640))
+    checkpoint = save_model(model, tmp_path / "base", tokenizer=chat_tokenizer)
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [
+        {"messages": [{"role": "user", "content": f"What is {a} + {a}?" + " Think." * a}], "ground_truth": str(2 * a),
+         "dataset": "gsm8k"} for a in range(4)])
+    config = write_config(tmp_path / "rlvr.yaml", checkpoint, "rlvr",
+                          {"paths": [prompts], "max_seq_len": MAX_SEQ_LEN, "samples_per_prompt": 4,
+                           "response_length": 12, "temperature": 0.7},
+                          {"global_batch_size": 4, "micro_batch_size": 2}, {"lr": 1e-3}, {"name": "constant"})
+    trainer = RLVRTrainer(load_post_train_config("rlvr", config))
+
+    drawn = []  # per decode step: the chosen tokens and their log-probs, for the rows still running
+
+    def recording(logits, generation, generator):
+        tokens = sampling.next_token(logits, generation, generator)
+        logps = (logits.float() / generation.temperature).log_softmax(-1).gather(1, tokens[:, None]).squeeze(1)
+        drawn.append((tokens.tolist(), logps))
+        return tokens
+
+    monkeypatch.setattr(decode, "next_token", recording)
+    batch, _ = trainer.rollout(list(range(4)))
+    monkeypatch.undo()
+    sampled = [[] for _ in range(len(batch["input_ids"]))]
+    running = list(range(len(sampled)))  # a row leaves the batch after its EOS
+    for tokens, logps in drawn:
+        for row, logp in zip(running, logps.tolist(), strict=True):
+            sampled[row].append(logp)
+        running = [row for row, token in zip(running, tokens, strict=True) if token != model.config.eos_token_id]
+    responses = batch["labels"] != -100
+    expected = torch.zeros(responses.shape).masked_scatter(responses, torch.tensor([x for row in sampled for x in row]))
+    assert responses.sum() == sum(map(len, sampled))
+    torch.testing.assert_close(trainer._logps_in_micro_batches(trainer.model, batch), expected, atol=1e-4, rtol=0)
+    torch.testing.assert_close(batch["ref_logps"], expected, atol=1e-4, rtol=0)
+
+
 def says_one(response: str, ground_truth) -> float:
     """A verifier an untrained model sometimes satisfies, so that groups have different rewards."""
     return float("1" in response)

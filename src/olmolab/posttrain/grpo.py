@@ -15,7 +15,8 @@ response then has, with d_old = log π(t) - log π_old(t) and d_ref = log π(t) 
     loss       = policy + β kl
 
 averaged over all response tokens of the batch. π_old is the policy that sampled the responses
-(ratio = 1 on the first gradient step after sampling), π_ref the frozen starting model.
+(ratio = 1 on the first gradient step after sampling), π_ref the frozen starting model; all three
+are softmax(logits / temperature), the distribution the responses were sampled from.
 """
 
 from __future__ import annotations

@@ -102,11 +102,14 @@ def response_batch(prompts: list[np.ndarray], responses: list[list[int]], pad_id
     return input_ids, labels
 
 
-def token_logps(model, input_ids: Tensor, labels: Tensor) -> Tensor:
-    """(N, T) the log-prob of each label (0 where there is none); only labelled positions go
-    through the LM head."""
+def token_logps(model, input_ids: Tensor, labels: Tensor, *, temperature: float = 1.0,
+                vocab_size: int | None = None) -> Tensor:
+    """(N, T) the log-prob of each label (0 where there is none) under the distribution the
+    sampler draws from: softmax(logits / temperature) over the first `vocab_size` ids (the rest
+    of the embedding is padding `generate` never picks). Only labelled positions go through the
+    LM head."""
     rows, positions = (labels != IGNORE_INDEX).nonzero(as_tuple=True)
-    logits = model(input_ids, at=(rows, positions)).float()  # (n, V)
+    logits = model(input_ids, at=(rows, positions)).float()[:, :vocab_size] / temperature  # (n, V)
     picked = logits.log_softmax(-1).gather(1, labels[rows, positions][:, None]).squeeze(1)
     return torch.zeros(labels.shape, dtype=picked.dtype, device=picked.device).index_put((rows, positions), picked)
 
@@ -235,7 +238,7 @@ class RLVRTrainer(PostTrainer):
             batch["old_logps"] = self._logps_in_micro_batches(self.model, batch)
 
         def micro_loss(rows: slice):
-            logps = token_logps(self.model, batch["input_ids"][rows], batch["labels"][rows])
+            logps = self.sampling_logps(self.model, batch["input_ids"][rows], batch["labels"][rows])
             old = logps.detach() if batch["old_logps"] is None else batch["old_logps"][rows]
             out = grpo_token_loss(logps, old, batch["ref_logps"][rows], batch["advantages"][rows, None],
                                   clip_low=section.clip_low, clip_high=section.clip_high, beta=section.beta)
@@ -258,11 +261,20 @@ class RLVRTrainer(PostTrainer):
 
     @torch.no_grad()
     def _logps_in_micro_batches(self, model, batch: dict) -> Tensor:
-        """`token_logps` of the whole batch under `model`, in the training's micro-batches and precision."""
+        """`sampling_logps` of the whole batch under `model`, in the training's micro-batches and precision."""
         micro = self.config.trainer.micro_batch_size * self.config.data.samples_per_prompt
         with self._autocast():
-            return torch.cat([token_logps(model, batch["input_ids"][i : i + micro], batch["labels"][i : i + micro])
+            return torch.cat([self.sampling_logps(model, batch["input_ids"][i : i + micro], batch["labels"][i : i + micro])
                               for i in range(0, len(batch["input_ids"]), micro)])
+
+    def sampling_logps(self, model, input_ids: Tensor, labels: Tensor) -> Tensor:
+        """`token_logps` at the rollout's temperature: the policy, the sampling policy and the
+        reference are each scored as the distribution responses are drawn from (open-instruct's
+        grpo_fast divides the logits by the temperature too). Scored at temperature 1 instead, a
+        rollout at 0.7 would push on the log-probs of a distribution nobody samples from, and the
+        KL would be measured between two others."""
+        return token_logps(model, input_ids, labels, temperature=self.config.data.temperature,
+                           vocab_size=self.config.model.vocab_size)
 
     def _write_samples(self, prompts: list[Prompt], texts: list[str], scores: Tensor, rewards: Tensor) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
