@@ -41,6 +41,12 @@ def peak_flops(device: torch.device, override: float | None, dtype: torch.dtype 
     return measure_matmul_flops(dtype=dtype)
 
 
+def peak_is_measured(device: torch.device, override: float | None) -> bool:
+    """Whether `peak_flops` measures this device's peak (a CPU with no configured one), rather than
+    taking a figure that a slow spell cannot understate."""
+    return not override and device.type != "cuda"
+
+
 def measure_matmul_flops(n: int = 1024, repeats: int = 10, dtype: torch.dtype = torch.float32) -> float:
     """This CPU's matmul peak in `dtype`, FLOP/s: an (n x n) product's best time, by MKL (`@`) or by
     oneDNN (what the model's projections run on, on AMD CPUs), whichever is faster. The best of

@@ -52,6 +52,7 @@ from olmolab.train.metrics import (
     Throughput,
     measure_matmul_flops,
     peak_flops,
+    peak_is_measured,
     read_metrics,
 )
 from olmolab.train.optim import build_optimizer, lr_at
@@ -141,7 +142,7 @@ class Trainer:
         for row in read_metrics(self.run_dir) if self.rank == 0 else []:
             if "loss" in row:
                 self.spikes.recent.append(row["loss"])
-        measured = self.device.type == "cpu" and not tc.peak_flops
+        measured = peak_is_measured(self.device, tc.peak_flops)
         self.throughput = Throughput(config.model.flops_per_token(config.data.seq_len),
                                      peak_flops(self.device, tc.peak_flops, self.precision.dtype), self.world_size,
                                      remeasure_peak=partial(measure_matmul_flops, dtype=self.precision.dtype) if measured else None)
