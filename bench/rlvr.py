@@ -3,11 +3,13 @@
 The bench model samples `--samples` responses to each of `--prompts` prompts per step, inside
 `olmolab rlvr`'s step (RLVRTrainer.train_step: sampling, scoring, reference, update), and
 outside it: `generate` called directly on the same prompts with the same sampling settings, on a
-fresh copy of the updated model. Both sides generate to the full response length, and both
-build the decode kernels' weight layouts of the step's new weights (they live for one `generate`
-call). Reported: the median tokens/s of each side and their ratio,
-and the median share of a step spent sampling, on the rest of the rollout (scoring, the
-reference's log-probs) and learning.
+copy of the weights the step samples from, before the step on odd steps and after it on even
+ones (so neither side always inherits the other's warm caches). Both sides generate to the full
+response length, and both build the decode kernels' weight layouts of the step's weights (they
+live for one `generate` call). Reported: the median tokens/s of each side, their ratio and the
+median of each step's own ratio (which the machine's drift between steps moves less), and the
+median share of a step spent sampling, on the rest of the rollout (scoring, the reference's
+log-probs) and learning.
 
     python bench/rlvr.py
     python bench/rlvr.py --prompts 4 --samples 8 --response-length 128 --steps 6
@@ -38,7 +40,7 @@ from olmolab.tokenizer import train_bpe
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=5, help="RLVR steps (the first is not timed)")
+    parser.add_argument("--steps", type=int, default=11, help="RLVR steps (the first is not timed)")
     parser.add_argument("--prompts", type=int, default=2)
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--response-length", type=int, default=64)
@@ -69,16 +71,19 @@ def main() -> None:
         inside, outside, shares = [], [], []
         for step, batch in zip(range(args.steps), iter(trainer.loader), strict=False):
             trainer.state.step = step
+            prompts = [trainer.examples[int(i)].ids.tolist() for i in batch["prompt_index"] for _ in range(args.samples)]
+            model = copy.deepcopy(trainer.raw_model)  # the weights this step's rollout samples from
+            config = GenerationConfig(max_new_tokens=args.response_length, temperature=1.0, eos_token_id=-1, seed=step)
+            alone_first = step % 2 == 1  # alternate which side runs first: neither inherits the other's warm caches
+            if alone_first:
+                alone = _tokens_per_s(model, prompts, config)
             t0 = time.perf_counter()
             row = trainer.train_step(batch)
             total = time.perf_counter() - t0
-            prompts = [trainer.examples[int(i)].ids.tolist() for i in batch["prompt_index"] for _ in range(args.samples)]
-            model = copy.deepcopy(trainer.raw_model)
-            config = GenerationConfig(max_new_tokens=args.response_length, temperature=1.0, eos_token_id=-1, seed=step)
-            t0 = time.perf_counter()
-            tokens = sum(len(r) for r in generate(model, prompts, config))
+            if not alone_first:
+                alone = _tokens_per_s(model, prompts, config)
             if step:
-                outside.append(tokens / (time.perf_counter() - t0))
+                outside.append(alone)
                 inside.append(row["sampled_tokens_per_s"])
                 sampling, rollout = row["time/sampling_s"], row["time/generation_s"]
                 shares.append((sampling / total, (rollout - sampling) / total, row["time/learning_s"] / total))
@@ -87,8 +92,16 @@ def main() -> None:
     sampling, rest, learning = (statistics.median(s[i] for s in shares) for i in range(3))
     print(f"bench model, {args.prompts} prompts x {args.samples} samples x {args.response_length} tokens, fp32, "
           f"{args.threads} threads, median of {len(inside)} steps")
-    print(f"  sampling tokens/s: inside RLVR {ours:8.1f}   generate alone {plain:8.1f}   ratio {ours / plain:.2f}")
+    per_step = statistics.median(i / o for i, o in zip(inside, outside, strict=True))
+    print(f"  sampling tokens/s: inside RLVR {ours:8.1f}   generate alone {plain:8.1f}   ratio {ours / plain:.2f} "
+          f"(median of each step's ratio: {per_step:.2f})")
     print(f"  share of an RLVR step: sampling {sampling:.0%}, scoring + reference {rest:.0%}, learning {learning:.0%}")
+
+
+def _tokens_per_s(model, prompts: list[list[int]], config: GenerationConfig) -> float:
+    start = time.perf_counter()
+    tokens = sum(len(r) for r in generate(model, prompts, config))
+    return tokens / (time.perf_counter() - start)
 
 
 if __name__ == "__main__":
