@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from olmolab.kernels import autograd, kernel, plain
-from olmolab.kernels.causal_attention import halved_causal_attention
+from olmolab.kernels.causal_attention import halved_causal_attention, kept_scores_causal_attention
 from olmolab.model.loss import cross_entropy_loss, linear_cross_entropy
 
 BF16_EPS = 2.0**-8  # bf16's unit roundoff: 8 significant bits
@@ -100,6 +100,25 @@ def test_halved_causal_attention_in_bf16_matches_fp64_attention(heads, kv_heads)
     for mine, theirs in zip(ours, sdpa, strict=True):
         assert mine < 4 * BF16_EPS
         assert mine <= 1.5 * theirs + BF16_EPS / 4
+
+
+@pytest.mark.parametrize("logit_scale", [1.0, 4.0])
+def test_kept_scores_attention_in_bf16_is_as_accurate_as_the_flash_kernel(logit_scale):
+    """Scores in fp32, probabilities kept in bf16: about the flash kernel's errors (within half
+    again), also with logits four times as large (scores rounded to bf16 before the softmax would
+    cost four times the flash kernel's error there)."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 128, 64, generator=g) for _ in range(3))
+    q, k = q * logit_scale**0.5, k * logit_scale**0.5
+
+    def reference(q, k, v):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+    ours = errors(kept_scores_causal_attention, [q, k, v], reference)
+    flash = errors(reference, [q, k, v], reference)
+    for name, mine, theirs in zip(["value", "grad q", "grad k", "grad v"], ours, flash, strict=True):
+        assert mine < 4 * BF16_EPS, f"{name}: relative error {mine:.2e}"
+        assert mine <= 1.5 * theirs, f"{name}: {mine:.2e} vs the flash kernel's {theirs:.2e}"
 
 
 def test_fused_loss_in_bf16_matches_the_fp64_loss_and_gradients():

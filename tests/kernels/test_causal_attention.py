@@ -1,11 +1,12 @@
-"""Causal attention computed in halves on CPU equals SDPA's causal attention, values and gradients."""
+"""Causal attention on CPU, computed in halves (fp32) or with its scores kept (bf16 training), equals
+SDPA's causal attention, values and gradients."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from olmolab.kernels import kernel
-from olmolab.kernels.causal_attention import halves_pay
+from olmolab.kernels.causal_attention import halves_pay, kept_scores_causal_attention, kept_scores_pay
 
 causal_attention = kernel("causal_attention")
 
@@ -57,8 +58,36 @@ def test_lengths_where_halves_do_not_pay_are_plain_sdpa(T):
     torch.testing.assert_close(causal_attention(q, k, v), sdpa(q, k, v), rtol=0, atol=0)
 
 
-def test_bf16_is_plain_sdpa():
+def test_bf16_is_not_halved():
     assert not halves_pay(qkv(512)[0].bfloat16())
+
+
+@pytest.mark.parametrize(("T", "kv_heads"), [(2, 4), (37, 4), (128, 2), (512, 1)])
+def test_kept_scores_give_sdpas_values_and_gradients(T, kv_heads):
+    """The formula, checked in fp64 where rounding does not hide a wrong mask, scale or gradient."""
+    q, k, v = (t.double() for t in qkv(T, kv_heads=kv_heads))
+    torch.testing.assert_close(values_and_grads(kept_scores_causal_attention, q, k, v),
+                               values_and_grads(sdpa, q, k, v), rtol=1e-10, atol=1e-10)
+
+
+def test_kept_scores_take_any_layout():
+    q, k, v = (t.double().contiguous() for t in qkv(64, kv_heads=2))
+    torch.testing.assert_close(values_and_grads(kept_scores_causal_attention, q, k, v),
+                               values_and_grads(sdpa, q, k, v), rtol=1e-10, atol=1e-10)
+
+
+def test_scores_are_kept_in_bf16_training_up_to_512_tokens_only():
+    def pays(T, dtype=torch.bfloat16, grad=True):
+        q, k, v = (t.to(dtype).requires_grad_(grad) for t in qkv(T))
+        return kept_scores_pay(q, k, v)
+
+    assert pays(2) and pays(512)
+    assert not pays(1), "one query: nothing to batch"
+    assert not pays(513), "longer: the flash kernel skips masked blocks, and the scores would grow as T^2"
+    assert not pays(512, grad=False), "without a backward the flash kernel's forward is the faster"
+    assert not pays(512, dtype=torch.float32), "fp32 has its own path (halves)"
+    q, k, v = (t.bfloat16().requires_grad_() for t in qkv(128))
+    assert causal_attention(q, k, v).grad_fn.name() == "_KeptScoresCausalAttentionBackward"
 
 
 def test_compiled_halves_give_sdpas_values_and_gradients():

@@ -94,12 +94,16 @@ def markov_tokens(path, n_tokens, seed, vocab=64, choices=2):
 
 def test_a_bf16_run_ends_within_one_percent_of_the_fp32_runs_validation_loss(tiny_run, tmp_path):
     """The issue's quality bar, on a task where the loss falls far (from log 400 towards log 2);
-    bench/bf16_quality.py runs the same comparison on the quickstart config for 300 steps."""
+    bench/bf16_quality.py runs the same comparison on the quickstart config for 300 steps.
+
+    At a step size of 3e-3 the runs are not chaotic: at 1e-2 two bf16 attention kernels of the
+    same accuracy (tests/kernels/test_bf16.py) ended 1.2% apart, either side of fp32, so there
+    the bar would test which rounding a kernel happens to make, not whether bf16 tracks fp32."""
     final = {}
     for precision in ("fp32", "bf16"):
         path, raw = tiny_run(f"{precision}.yaml", run_dir=str(tmp_path / precision), precision=precision,
-                             max_steps=40, save_interval=None, global_batch_size=8, micro_batch_size=8)
-        raw["optim"]["lr"] = 1e-2
+                             max_steps=60, save_interval=None, global_batch_size=8, micro_batch_size=8)
+        raw["optim"]["lr"] = 3e-3
         raw["data"]["paths"] = [markov_tokens(tmp_path / "train.npy", 64 * 32 * 8, seed=1)]
         raw["data"]["validation_paths"] = [markov_tokens(tmp_path / "valid.npy", 16 * 32, seed=2)]
         path.write_text(yaml.safe_dump(raw))

@@ -22,7 +22,12 @@ import torch
 from torch import Tensor
 
 from olmolab.kernels import autograd, plain
-from olmolab.kernels.causal_attention import halved_causal_attention, halves_pay
+from olmolab.kernels.causal_attention import (
+    halved_causal_attention,
+    halves_pay,
+    kept_scores_causal_attention,
+    kept_scores_pay,
+)
 from olmolab.kernels.cpu_matmul import linear_by_onednn, onednn_pays
 from olmolab.kernels.decode import DecodeLinear, decode_layout, one_row_linear, one_row_pays
 
@@ -54,7 +59,8 @@ KERNELS: dict[str, Kernel] = {
         Kernel("rms_norm", plain.rms_norm, ((autograd.backward_will_run, autograd.rms_norm),)),
         Kernel("rotary", plain.rotary, ((autograd.backward_will_run, autograd.rotary),)),
         Kernel("swiglu", plain.swiglu, ((autograd.backward_will_run, autograd.swiglu),)),
-        Kernel("causal_attention", plain.causal_attention, ((halves_pay, halved_causal_attention),)),
+        Kernel("causal_attention", plain.causal_attention,
+               ((kept_scores_pay, kept_scores_causal_attention), (halves_pay, halved_causal_attention))),
     )
 }
 
