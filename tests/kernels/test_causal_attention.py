@@ -62,7 +62,7 @@ def test_bf16_is_not_halved():
     assert not halves_pay(qkv(512)[0].bfloat16())
 
 
-@pytest.mark.parametrize(("T", "kv_heads"), [(2, 4), (37, 4), (128, 2), (512, 1)])
+@pytest.mark.parametrize(("T", "kv_heads"), [(2, 4), (37, 4), (300, 2), (512, 1)])
 def test_kept_scores_give_sdpas_values_and_gradients(T, kv_heads):
     """The formula, checked in fp64 where rounding does not hide a wrong mask, scale or gradient."""
     q, k, v = (t.double() for t in qkv(T, kv_heads=kv_heads))
@@ -95,3 +95,11 @@ def test_compiled_halves_give_sdpas_values_and_gradients():
     compiled = torch.compile(causal_attention, fullgraph=True)  # no graph break around the kernels
     torch.testing.assert_close(values_and_grads(compiled, q, k, v), values_and_grads(sdpa, q, k, v),
                                rtol=1e-5, atol=1e-5)
+
+
+def test_compiled_kept_scores_give_sdpas_values_and_gradients():
+    """bf16 blocks compiled for training take this path too (inductor has no attention of its own)."""
+    q, k, v = (t.double() for t in qkv(300, kv_heads=2))
+    compiled = torch.compile(kept_scores_causal_attention, fullgraph=True)
+    torch.testing.assert_close(values_and_grads(compiled, q, k, v), values_and_grads(sdpa, q, k, v),
+                               rtol=1e-10, atol=1e-10)

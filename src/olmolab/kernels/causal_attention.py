@@ -19,27 +19,26 @@ half as tall; above, the kernel's own 512-key skipping starts to work. torch.com
 halves as they are (inductor calls the same kernels).
 
 **Scores kept (bf16 training).** In bf16 the flash kernel's backward is slow on CPU (small
-matmuls per tile, each converting its operands): at 512 tokens it takes five times its forward.
-Up to 512 tokens the whole (T x T) matrix of probabilities is small enough to keep, and then the
-backward is four batched bf16 matmuls (AMX) and one fused softmax backward. The forward computes
-the scores in fp32 (one fp32 matmul of the upcast queries and keys, as the flash kernel keeps
-its scores in fp32: rounded to bf16 before the softmax, they would double the error), the
-softmax in fp32, and keeps the probabilities in bf16 for the two matmuls that use them (B x
-heads x T x T of them: 25 MB per layer at batch 8, 6 heads, 512 tokens). The errors are the
-flash kernel's (`tests/kernels/test_bf16.py`), and a bf16 training step's attention takes about
-40 ms per layer on the bench model instead of 55-70 (`bench/attention.py`; `bench/README.md`).
-Without a backward (evaluation, generation) the flash kernel's forward is the faster, and stays.
+matmuls per tile, each converting its operands): at 512 tokens it takes nearly six times its
+forward. Up to 512 tokens the probabilities are small enough to keep, and then the backward is
+four batched bf16 matmuls (AMX) and one fused softmax backward. The queries go in bands of 128,
+each against the keys up to its last query only (5/8 of the square at 512 tokens, not all of
+it). The forward computes the scores in fp32 (one fp32 matmul of the upcast queries and keys,
+as the flash kernel keeps its scores in fp32: rounded to bf16 before the softmax, they would
+double the error), the softmax in fp32, and keeps the probabilities in bf16 for the two matmuls
+that use them (16 MB per layer at batch 8, 6 heads, 512 tokens). The errors are the flash
+kernel's (`tests/kernels/test_bf16.py`); `bench/attention.py` times the two
+(`bench/README.md`). Without a backward (evaluation, generation) the flash kernel's forward is
+the faster, and stays. torch.compile traces the bands as they are (inductor calls the flash
+kernel for SDPA too: it has no attention of its own to fuse on CPU).
 """
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
 from torch import Tensor
-
-from olmolab.kernels.autograd import backward_will_run
 
 # The CPU flash kernel's tiling (aten/src/ATen/native/cpu/FlashAttentionKernel.cpp): keys in
 # blocks of up to 512, queries in tiles of 64 from 192 queries on (32 below).
@@ -79,12 +78,14 @@ _KEPT_SCORES_MAX_TOKENS = 512
 
 def kept_scores_pay(q: Tensor, k: Tensor, v: Tensor) -> bool:
     """Whether attention with its scores kept pays: bf16 CPU training (a backward will run), up to
-    `_KEPT_SCORES_MAX_TOKENS` tokens."""
+    `_KEPT_SCORES_MAX_TOKENS` tokens; under torch.compile too (inductor calls the flash kernel as
+    eager does: it has nothing of its own to fuse attention into on CPU)."""
     return (
         q.device.type == "cpu"
         and q.dtype == torch.bfloat16
         and 1 < q.shape[2] <= _KEPT_SCORES_MAX_TOKENS
-        and backward_will_run(q, k, v)
+        and torch.is_grad_enabled()
+        and any(t.requires_grad for t in (q, k, v))
     )
 
 
@@ -93,42 +94,68 @@ def kept_scores_causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     return _KeptScoresCausalAttention.apply(q, *_one_key_per_query_head(q, k, v))
 
 
-@functools.cache
 def _causal_bias(T: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """(T, T): 0 where a query may see the key, -inf above the diagonal."""
+    """(T, T): 0 where a query may see the key, -inf above the diagonal (built anew each call: a
+    pass over T^2 elements, next to the B x heads x T^2 of the scores)."""
     return torch.full((T, T), -math.inf, dtype=dtype, device=device).triu_(1)
 
 
+# Queries per band of the kept-scores path (see `_bands`).
+_BAND_QUERIES = 128
+
+
+def _bands(T: int) -> list[tuple[int, int]]:
+    """The query bands [start, end) of the kept-scores path. A band's queries see keys [0, end)
+    only, so its scores are (end - start) x end: 4 bands of 128 at 512 tokens compute 5/8 of
+    the (T x T) square, where one band would compute all of it and mask half away."""
+    return [(start, min(start + _BAND_QUERIES, T)) for start in range(0, T, _BAND_QUERIES)]
+
+
 class _KeptScoresCausalAttention(torch.autograd.Function):
-    """softmax(q k^T / sqrt(hd) + causal mask) v over (B * heads) batched matmuls."""
+    """softmax(q k^T / sqrt(hd) + causal mask) v over (B * heads) batched matmuls, a band of
+    queries at a time, each band's probabilities kept for the backward."""
 
     @staticmethod
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         B, H, T, hd = q.shape
         q3, k3, v3 = (t.reshape(B * H, T, hd) for t in (q, k, v))
         score_dtype = torch.promote_types(q.dtype, torch.float32)
-        # The mask enters as the matmul's addend: no separate pass over the scores to mask them.
-        bias = _causal_bias(T, score_dtype, q.device).expand(B * H, T, T)
-        scores = torch.baddbmm(bias, q3.to(score_dtype), k3.to(score_dtype).transpose(1, 2), alpha=1 / math.sqrt(hd))
-        probs = torch.softmax(scores, dim=-1, out=scores).to(q.dtype)
-        ctx.save_for_backward(q3, k3, v3, probs)
+        q_up, k_up = q3.to(score_dtype), k3.to(score_dtype)
+        bias = _causal_bias(T, score_dtype, q.device)
+        probs, outs = [], []
+        for start, end in _bands(T):
+            # The mask enters as the matmul's addend: no separate pass over the scores to mask them.
+            band_bias = bias[start:end, :end].expand(B * H, -1, -1)
+            scores = torch.baddbmm(band_bias, q_up[:, start:end], k_up[:, :end].transpose(1, 2), alpha=1 / math.sqrt(hd))
+            probs.append(torch.softmax(scores, dim=-1, out=scores).to(q.dtype))
+            outs.append(torch.bmm(probs[-1], v3[:, :end]))
+        ctx.save_for_backward(q3, k3, v3, *probs)
         ctx.shape = q.shape
-        return torch.bmm(probs, v3).view(B, H, T, hd)
+        return torch.cat(outs, dim=1).view(B, H, T, hd)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        q3, k3, v3, probs = ctx.saved_tensors
+        q3, k3, v3, *probs = ctx.saved_tensors
         BH, T, hd = q3.shape
         grad_out = grad_out.reshape(BH, T, hd)
-        grad_v = torch.bmm(probs.transpose(1, 2), grad_out)
-        grad_probs = torch.bmm(grad_out, v3.transpose(1, 2))
-        # probs * (grad_probs - rowsum(grad_probs * probs)), fused, in fp32 inside (the flash
-        # kernel's backward, too, hands its bf16 matmuls this gradient rounded to bf16).
-        grad_scores = torch._softmax_backward_data(grad_probs, probs, -1, probs.dtype)
+        grad_q = []  # a band's queries' gradients come from that band alone
+        # Keys and values get a term from every band below them: summed in fp32, as the flash
+        # kernel sums its tiles', and rounded once.
+        acc_dtype = torch.promote_types(q3.dtype, torch.float32)
+        grad_k, grad_v = (torch.zeros(BH, T, hd, dtype=acc_dtype, device=q3.device) for _ in range(2))
+        for (start, end), band_probs in zip(_bands(T), probs, strict=True):
+            band_grad = grad_out[:, start:end]
+            grad_v[:, :end] += torch.bmm(band_probs.transpose(1, 2), band_grad)
+            grad_probs = torch.bmm(band_grad, v3[:, :end].transpose(1, 2))
+            # probs * (grad_probs - rowsum(grad_probs * probs)), fused, in fp32 inside (the flash
+            # kernel's backward, too, hands its bf16 matmuls this gradient rounded to bf16).
+            grad_scores = torch._softmax_backward_data(grad_probs, band_probs, -1, band_probs.dtype)
+            grad_q.append(torch.bmm(grad_scores, k3[:, :end]))
+            grad_k[:, :end] += torch.bmm(grad_scores.transpose(1, 2), q3[:, start:end])
         scale = 1 / math.sqrt(hd)
-        grad_q = torch.bmm(grad_scores, k3).mul_(scale)
-        grad_k = torch.bmm(grad_scores.transpose(1, 2), q3).mul_(scale)
-        return grad_q.view(ctx.shape), grad_k.view(ctx.shape), grad_v.view(ctx.shape)
+        grad_q = torch.cat(grad_q, dim=1).mul_(scale)
+        grad_k = grad_k.mul_(scale).to(q3.dtype)
+        return grad_q.view(ctx.shape), grad_k.view(ctx.shape), grad_v.to(q3.dtype).view(ctx.shape)
 
 
 _flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
