@@ -86,6 +86,8 @@ def test_scores_are_kept_in_bf16_training_up_to_512_tokens_only():
     assert not pays(513), "longer: the flash kernel skips masked blocks, and the scores would grow as T^2"
     assert not pays(512, grad=False), "without a backward the flash kernel's forward is the faster"
     assert not pays(512, dtype=torch.float32), "fp32 has its own path (halves)"
+    big_batch = [torch.empty(64, 32, 512, 16, dtype=torch.bfloat16, requires_grad=True)] * 3
+    assert not kept_scores_pay(*big_batch), "2^29 scores: their memory would outgrow the layer's activations"
     q, k, v = (t.bfloat16().requires_grad_() for t in qkv(128))
     assert causal_attention(q, k, v).grad_fn.name() == "_KeptScoresCausalAttentionBackward"
 

@@ -72,18 +72,24 @@ def _one_key_per_query_head(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Te
 
 
 # Up to this many tokens the bf16 scores are kept (see the module docstring): there the flash
-# kernel computes the full square anyway, and the scores' memory is bounded.
+# kernel computes the full square anyway. And up to this many (B x heads x T x T) scores a call:
+# its probabilities, kept in bf16 until the backward, then take at most 128 MiB a layer (the
+# bench model's: 16 MB, beside ~90 MB of its other activations); a bigger batch keeps the flash
+# kernel, whose memory grows with T, not T^2.
 _KEPT_SCORES_MAX_TOKENS = 512
+_KEPT_SCORES_MAX_ELEMENTS = 1 << 26
 
 
 def kept_scores_pay(q: Tensor, k: Tensor, v: Tensor) -> bool:
     """Whether attention with its scores kept pays: bf16 CPU training (a backward will run), up to
-    `_KEPT_SCORES_MAX_TOKENS` tokens; under torch.compile too (inductor calls the flash kernel as
-    eager does: it has nothing of its own to fuse attention into on CPU)."""
+    `_KEPT_SCORES_MAX_TOKENS` tokens and `_KEPT_SCORES_MAX_ELEMENTS` scores a call; under
+    torch.compile too (inductor calls the flash kernel as eager does: it has nothing of its own to
+    fuse attention into on CPU)."""
     return (
         q.device.type == "cpu"
         and q.dtype == torch.bfloat16
         and 1 < q.shape[2] <= _KEPT_SCORES_MAX_TOKENS
+        and q.shape[0] * q.shape[1] * q.shape[2] ** 2 <= _KEPT_SCORES_MAX_ELEMENTS
         and torch.is_grad_enabled()
         and any(t.requires_grad for t in (q, k, v))
     )
