@@ -103,12 +103,13 @@ def test_halved_causal_attention_in_bf16_matches_fp64_attention(heads, kv_heads)
 
 
 @pytest.mark.parametrize("logit_scale", [1.0, 4.0])
-def test_kept_scores_attention_in_bf16_is_as_accurate_as_the_flash_kernel(logit_scale):
+@pytest.mark.parametrize("T", [128, 300])  # one band of queries, and three (key and value gradients summed over them)
+def test_kept_scores_attention_in_bf16_is_as_accurate_as_the_flash_kernel(logit_scale, T):
     """Scores in fp32, probabilities kept in bf16: about the flash kernel's errors (within half
     again), also with logits four times as large (scores rounded to bf16 before the softmax would
     cost four times the flash kernel's error there)."""
     g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(2, 4, 128, 64, generator=g) for _ in range(3))
+    q, k, v = (torch.randn(2, 4, T, 64, generator=g) for _ in range(3))
     q, k = q * logit_scale**0.5, k * logit_scale**0.5
 
     def reference(q, k, v):
