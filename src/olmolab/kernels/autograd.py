@@ -18,16 +18,17 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+def autograd_records(*inputs: Tensor) -> bool:
+    """Whether autograd records an op on these inputs, so that its backward will run (training)."""
+    return torch.is_grad_enabled() and any(isinstance(t, Tensor) and t.requires_grad for t in inputs)
+
+
 def backward_will_run(*inputs: Tensor, **_) -> bool:
     """Whether a hand-written backward pays: only in eager autograd. Without a backward
     (generation, evaluation) the plain formula is one C++ call, cheaper on a decode step's tiny
     tensors; under torch.compile inductor fuses the plain formula into one kernel each way, and
     `out=` views would split its graph."""
-    return (
-        torch.is_grad_enabled()
-        and any(isinstance(t, Tensor) and t.requires_grad for t in inputs)
-        and not torch.compiler.is_compiling()
-    )
+    return autograd_records(*inputs) and not torch.compiler.is_compiling()
 
 
 class _RMSNorm(torch.autograd.Function):

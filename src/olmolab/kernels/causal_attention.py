@@ -40,6 +40,8 @@ import math
 import torch
 from torch import Tensor
 
+from olmolab.kernels.autograd import autograd_records
+
 # The CPU flash kernel's tiling (aten/src/ATen/native/cpu/FlashAttentionKernel.cpp): keys in
 # blocks of up to 512, queries in tiles of 64 from 192 queries on (32 below).
 _KERNEL_KEY_BLOCK, _KERNEL_TALL_TILES_FROM = 512, 192
@@ -90,8 +92,7 @@ def kept_scores_pay(q: Tensor, k: Tensor, v: Tensor) -> bool:
         and q.dtype == torch.bfloat16
         and 1 < q.shape[2] <= _KEPT_SCORES_MAX_TOKENS
         and q.shape[0] * q.shape[1] * q.shape[2] ** 2 <= _KEPT_SCORES_MAX_ELEMENTS
-        and torch.is_grad_enabled()
-        and any(t.requires_grad for t in (q, k, v))
+        and autograd_records(q, k, v)
     )
 
 
