@@ -21,13 +21,16 @@ halves as they are (inductor calls the same kernels).
 **Scores kept (bf16 training).** In bf16 the flash kernel's backward is slow on CPU (small
 matmuls per tile, each converting its operands): at 512 tokens it takes nearly six times its
 forward. Up to 512 tokens the probabilities are small enough to keep, and then the backward is
-four batched bf16 matmuls (AMX) and one fused softmax backward. The queries go in bands of 128,
-each against the keys up to its last query only (5/8 of the square at 512 tokens, not all of
-it). The forward computes the scores in fp32 (one fp32 matmul of the upcast queries and keys,
+four batched bf16 matmuls (AMX) and one fused softmax backward. The forward's queries go in
+bands of 128, each against the keys up to its last query only (5/8 of the square at 512 tokens,
+not all of it). It computes the scores in fp32 (one fp32 matmul of the upcast queries and keys,
 as the flash kernel keeps its scores in fp32: rounded to bf16 before the softmax, they would
-double the error), the softmax in fp32, and keeps the probabilities in bf16 for the two matmuls
-that use them (16 MB per layer at batch 8, 6 heads, 512 tokens). The errors are the flash
-kernel's (`tests/kernels/test_bf16.py`); `bench/attention.py` times the two
+double the error), the softmax in fp32, and keeps the probabilities in bf16, as one square zero
+above the diagonal (25 MB per layer at batch 8, 6 heads, 512 tokens). The backward's matmuls
+take the whole square: on AMX the products the bands would skip cost less than summing their
+gradients band by band did, and each key's and value's gradient is then summed over all
+queries in fp32 inside one matmul and rounded once. The errors are the flash kernel's
+(`tests/kernels/test_bf16.py`); `bench/attention.py` times the two
 (`bench/README.md`). Without a backward (evaluation, generation) the flash kernel's forward is
 the faster, and stays. torch.compile traces the bands as they are (inductor calls the flash
 kernel for SDPA too: it has no attention of its own to fuse on CPU).
@@ -38,6 +41,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from olmolab.kernels.autograd import autograd_records
@@ -76,7 +80,7 @@ def _one_key_per_query_head(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Te
 # Up to this many tokens the bf16 scores are kept (see the module docstring): there the flash
 # kernel computes the full square anyway. And up to this many (B x heads x T x T) scores a call:
 # its probabilities, kept in bf16 until the backward, then take at most 128 MiB a layer (the
-# bench model's: 16 MB, beside ~90 MB of its other activations); a bigger batch keeps the flash
+# bench model's: 25 MB, beside ~90 MB of its other activations); a bigger batch keeps the flash
 # kernel, whose memory grows with T, not T^2.
 _KEPT_SCORES_MAX_TOKENS = 512
 _KEPT_SCORES_MAX_ELEMENTS = 1 << 26
@@ -119,8 +123,8 @@ def _bands(T: int) -> list[tuple[int, int]]:
 
 
 class _KeptScoresCausalAttention(torch.autograd.Function):
-    """softmax(q k^T / sqrt(hd) + causal mask) v over (B * heads) batched matmuls, a band of
-    queries at a time, each band's probabilities kept for the backward."""
+    """softmax(q k^T / sqrt(hd) + causal mask) v over (B * heads) batched matmuls: the scores a band
+    of queries at a time, the probabilities kept for the backward."""
 
     @staticmethod
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
@@ -129,40 +133,43 @@ class _KeptScoresCausalAttention(torch.autograd.Function):
         score_dtype = torch.promote_types(q.dtype, torch.float32)
         q_up, k_up = q3.to(score_dtype), k3.to(score_dtype)
         bias = _causal_bias(T, score_dtype, q.device)
-        probs, outs = [], []
+        # The whole (T x T) square of probabilities, zero right of each band's keys (see `backward`).
+        # Eager, each band goes straight into its rows of the square. Under torch.compile a write
+        # into rows of a buffer becomes a copy of all of it, so there the bands are padded and joined.
+        square = None if torch.compiler.is_compiling() else q.new_empty(B * H, T, T)
+        padded = []
         for start, end in _bands(T):
             # The mask enters as the matmul's addend: no separate pass over the scores to mask them.
             band_bias = bias[start:end, :end].expand(B * H, -1, -1)
             scores = torch.baddbmm(band_bias, q_up[:, start:end], k_up[:, :end].transpose(1, 2), alpha=1 / math.sqrt(hd))
-            probs.append(torch.softmax(scores, dim=-1, out=scores).to(q.dtype))
-            outs.append(torch.bmm(probs[-1], v3[:, :end]))
-        ctx.save_for_backward(q3, k3, v3, *probs)
+            band = torch.softmax(scores, dim=-1, out=scores)
+            if square is None:
+                padded.append(F.pad(band.to(q.dtype), (0, T - end)))
+            else:
+                square[:, start:end, :end] = band
+                square[:, start:end, end:] = 0
+        probs = torch.cat(padded, dim=1) if square is None else square
+        ctx.save_for_backward(q3, k3, v3, probs)
         ctx.shape = q.shape
-        return torch.cat(outs, dim=1).view(B, H, T, hd)
+        return torch.bmm(probs, v3).view(B, H, T, hd)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        q3, k3, v3, *probs = ctx.saved_tensors
-        BH, T, hd = q3.shape
-        grad_out = grad_out.reshape(BH, T, hd)
-        grad_q = []  # a band's queries' gradients come from that band alone
-        # Keys and values get a term from every band below them: summed in fp32, as the flash
-        # kernel sums its tiles', and rounded once.
-        acc_dtype = torch.promote_types(q3.dtype, torch.float32)
-        grad_k, grad_v = (torch.zeros(BH, T, hd, dtype=acc_dtype, device=q3.device) for _ in range(2))
-        for (start, end), band_probs in zip(_bands(T), probs, strict=True):
-            band_grad = grad_out[:, start:end]
-            grad_v[:, :end] += torch.bmm(band_probs.transpose(1, 2), band_grad)
-            grad_probs = torch.bmm(band_grad, v3[:, :end].transpose(1, 2))
-            # probs * (grad_probs - rowsum(grad_probs * probs)), fused, in fp32 inside (the flash
-            # kernel's backward, too, hands its bf16 matmuls this gradient rounded to bf16).
-            grad_scores = torch._softmax_backward_data(grad_probs, band_probs, -1, band_probs.dtype)
-            grad_q.append(torch.bmm(grad_scores, k3[:, :end]))
-            grad_k[:, :end] += torch.bmm(grad_scores.transpose(1, 2), q3[:, start:end])
-        scale = 1 / math.sqrt(hd)
-        grad_q = torch.cat(grad_q, dim=1).mul_(scale)
-        grad_k = grad_k.mul_(scale).to(q3.dtype)
-        return grad_q.view(ctx.shape), grad_k.view(ctx.shape), grad_v.to(q3.dtype).view(ctx.shape)
+        # Over the whole square, where the bands would skip 3/8 of it: in bf16 those products cost
+        # little on AMX, and each gradient is then one matmul summing over all queries in fp32
+        # inside and rounding once (summed band by band, they took longer than these matmuls).
+        # Above the diagonal the probabilities are zero, and so are the scores' gradients.
+        q3, k3, v3, probs = ctx.saved_tensors
+        grad_out = grad_out.reshape(q3.shape)
+        scale = 1 / math.sqrt(q3.shape[-1])
+        grad_v = torch.bmm(probs.transpose(1, 2), grad_out)
+        grad_probs = torch.bmm(grad_out, v3.transpose(1, 2))
+        # probs * (grad_probs - rowsum(grad_probs * probs)), fused, in fp32 inside (the flash
+        # kernel's backward, too, hands its bf16 matmuls this gradient rounded to bf16).
+        grad_scores = torch._softmax_backward_data(grad_probs, probs, -1, probs.dtype)
+        grad_q = torch.bmm(grad_scores, k3).mul_(scale)
+        grad_k = torch.bmm(grad_scores.transpose(1, 2), q3).mul_(scale)
+        return grad_q.view(ctx.shape), grad_k.view(ctx.shape), grad_v.view(ctx.shape)
 
 
 _flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
