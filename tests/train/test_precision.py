@@ -110,3 +110,35 @@ def test_a_bf16_run_ends_within_one_percent_of_the_fp32_runs_validation_loss(tin
         final[precision] = Trainer(load_run_config(path)).fit()["eval/validation/CrossEntropyLoss"]
     assert final["fp32"] < 2.0, "the run learned the structure (log 64 = 4.2 knows the vocabulary only)"
     assert abs(final["bf16"] - final["fp32"]) < 0.01 * final["fp32"], final
+
+
+def test_a_lone_process_gets_the_fp32_gradients_that_an_fp32_reduction_would_give():
+    """Alone, FSDP2's gradient "reduction" is a copy: the bf16 gradients cast to fp32 after it
+    (cheaper, what `parallelize` sets up for one process) are those cast before it (what several
+    processes do, to sum in fp32), bit for bit."""
+    import copy
+
+    import torch.distributed as dist
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    from olmolab import ModelConfig, Transformer
+    from olmolab.train import distributed as dist_utils
+
+    was_distributed = dist_utils.is_distributed()
+    try:
+        model = Transformer(ModelConfig.preset("olmo2-tiny"))
+        ours = dist_utils.parallelize(copy.deepcopy(model), strategy="ddp", device=torch.device("cpu"), bf16=True,
+                                      compile_blocks=False, activation_checkpointing=False)
+        fp32_reduced = copy.deepcopy(model)
+        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        for module in [*fp32_reduced.blocks, fp32_reduced]:
+            fully_shard(module, mp_policy=policy, reshard_after_forward=False)
+        ids = torch.randint(0, model.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
+        for m in (ours, fp32_reduced):
+            m(ids[:, :-1], ids[:, 1:]).loss.backward()
+        for (name, a), (_, b) in zip(ours.named_parameters(), fp32_reduced.named_parameters(), strict=True):
+            assert a.grad.dtype == torch.float32, name
+            assert torch.equal(a.grad.to_local(), b.grad.to_local()), name
+    finally:
+        if not was_distributed:
+            dist.destroy_process_group()

@@ -111,7 +111,10 @@ def _fully_shard(model: nn.Module, device: torch.device, bf16: bool) -> nn.Modul
 
     # OLMo 2's "mixed" FSDP precision: bf16 parameters in compute, fp32 gradient reduction and
     # fp32 master weights in the optimizer.
-    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else None
+    # Alone there is nothing to sum: the "reduction" is a copy, and the bf16 gradients become the
+    # same fp32 ones whether cast before it or after (the cast after copies half the bytes).
+    reduce_dtype = torch.float32 if world_size() > 1 else None
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=reduce_dtype) if bf16 else None
     kwargs = {"mp_policy": policy} if policy else {}
     if world_size() == 1:  # nothing to free by resharding after the forward: only casts again for the backward
         kwargs["reshard_after_forward"] = False
