@@ -60,6 +60,10 @@ class TrainerConfig:
     keep_freed_memory: bool = True
     """On CPU, have malloc reuse freed memory instead of returning it to the OS: faster steps
     (bench/README.md), at the cost of holding the peak memory (olmolab/allocator.py)."""
+    flush_denormals: bool = True
+    """On CPU, compute floats below 1.2e-38 as 0: AdamW steps over moments decayed that far (rows
+    the data stopped reaching) and softmaxes over widely spread logits ran 5-16x slower without
+    (olmolab/denormals.py, bench/denormals.py)."""
     save_interval: int | None = 1000
     """Steps between checkpoints; the last `keep_last` are kept."""
     keep_last: int = 3

@@ -267,3 +267,22 @@ def test_shards_recorded_with_a_larger_vocabulary_are_refused_up_front(tiny_run,
     with pytest.raises(UserError, match=rf"{shard}: tokenized with big.json \(50000 tokens\), more than the "
                                         r"model's vocabulary of 512"):
         Trainer(load_run_config(path))
+
+
+def test_olmolab_train_flushes_denormals_in_every_thread(tiny_run):
+    """The CLI starts the trainer before any multi-threaded op, so PyTorch's threads inherit the flush."""
+    path, _ = tiny_run(max_steps=1)
+    result = subprocess.run(olmolab_cmd("train", path), env={**run_env(), "OMP_NUM_THREADS": "2"},
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "denormal" not in result.stderr
+
+
+def test_a_trainer_started_after_torchs_thread_pool_says_its_threads_keep_denormals(tiny_run):
+    path, _ = tiny_run(max_steps=1)
+    script = ("import torch; torch.set_num_threads(2); (torch.ones(1 << 20) * 2).sum()  # starts the pool\n"
+              f"from olmolab.config import load_run_config; from olmolab.train.trainer import Trainer\n"
+              f"Trainer(load_run_config({str(path)!r}))")
+    result = subprocess.run([sys.executable, "-c", script], env=run_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "denormal floats are flushed to zero in this thread only" in result.stderr

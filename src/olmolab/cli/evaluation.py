@@ -12,6 +12,7 @@ import torch
 
 from olmolab.allocator import keep_freed_memory
 from olmolab.cli.common import add_command, add_dtype_argument, chosen_precision, say_precision
+from olmolab.denormals import flush_denormals
 from olmolab.errors import UserError
 from olmolab.eval.downstream import TaskResult, evaluate_task
 from olmolab.eval.gen_eval import GenSpec, evaluate_generative
@@ -102,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     if device == "cpu":
         keep_freed_memory()  # scoring allocates large logits every batch (olmolab/allocator.py)
+        flush_denormals()  # log-softmaxes over widely spread logits (olmolab/denormals.py)
     precision = chosen_precision(args, device)
     model, tokenizer = olmolab.load(args.checkpoint, device=device, dtype=precision.dtype)
     if args.tokenizer:

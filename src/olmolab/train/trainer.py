@@ -35,6 +35,7 @@ from olmolab.allocator import keep_freed_memory
 from olmolab.config import RunConfig
 from olmolab.data.loader import validation_batches
 from olmolab.data.shards import check_vocab_fits
+from olmolab.denormals import flush_denormals
 from olmolab.errors import UserError
 from olmolab.eval import build_evaluators
 from olmolab.eval.perplexity import perplexity_from_totals
@@ -105,6 +106,11 @@ class Trainer:
         self.device = dist_utils.init_from_env(device_type)
         if device_type == "cpu" and tc.keep_freed_memory:
             keep_freed_memory()
+        flushed = flush_denormals() if device_type == "cpu" and tc.flush_denormals else None
+        if flushed == "this thread only" and dist_utils.rank() == 0:
+            print("olmolab: denormal floats are flushed to zero in this thread only: PyTorch's thread pool "
+                  "started before the trainer (`olmolab train` starts the trainer first; olmolab/denormals.py)",
+                  file=sys.stderr)
         self.rank, self.world_size = dist_utils.rank(), dist_utils.world_size()
         self.run_dir = Path(tc.run_dir)
         self.lock = self._lock_run_dir()  # before anything in the run directory is read or written
