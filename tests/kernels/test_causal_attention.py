@@ -105,3 +105,43 @@ def test_compiled_kept_scores_give_sdpas_values_and_gradients():
     compiled = torch.compile(kept_scores_causal_attention, fullgraph=True)
     torch.testing.assert_close(values_and_grads(compiled, q, k, v), values_and_grads(sdpa, q, k, v),
                                rtol=1e-10, atol=1e-10)
+
+
+def packed_documents(T, lengths_per_row):
+    """A packed batch's mask as SFT builds it: causal, within each document, padding on its own."""
+    from olmolab.posttrain.sft import document_attention_mask
+
+    doc_ids = []
+    for lengths in lengths_per_row:
+        ids = [d for d, n in enumerate(lengths) for _ in range(n)]
+        doc_ids.append(ids + [-1] * (T - len(ids)))
+    return document_attention_mask(torch.tensor(doc_ids))
+
+
+@pytest.mark.parametrize(("T", "kv_heads"), [(37, 4), (300, 2)])
+def test_kept_scores_under_a_packed_batchs_mask_give_sdpas_values_and_gradients(T, kv_heads):
+    """Documents that cross the query bands, and padding, checked in fp64 against SDPA under the mask."""
+    q, k, v = (t.double() for t in qkv(T, kv_heads=kv_heads))
+    mask = packed_documents(T, [[T // 3, T // 2], [5, T // 2 - 5, 1, 2]])
+    masked_sdpa = lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)  # noqa: E731
+    torch.testing.assert_close(values_and_grads(lambda q, k, v: kept_scores_causal_attention(q, k, v, mask), q, k, v),
+                               values_and_grads(masked_sdpa, q, k, v), rtol=1e-10, atol=1e-10)
+
+
+def test_scores_are_kept_under_a_mask_only_where_it_is_a_packed_batchs():
+    T = 64
+    q, k, v = (t.bfloat16().requires_grad_() for t in qkv(T))
+    packed = packed_documents(T, [[20, 30], [64]])
+    assert kept_scores_pay(q, k, v, packed)
+    assert causal_attention(q, k, v, packed).grad_fn.name() == "_KeptScoresCausalAttentionBackward"
+    above_the_diagonal = packed.clone()
+    above_the_diagonal[0, 0, 3, 10] = True
+    assert not kept_scores_pay(q, k, v, above_the_diagonal), "the bands skip keys after the band"
+    without_itself = packed.clone()
+    without_itself[1, 0, 7, 7] = False
+    assert not kept_scores_pay(q, k, v, without_itself), "every query must see itself (no empty row)"
+    assert not kept_scores_pay(q, k, v, torch.zeros(2, 1, T, T)), "an additive float mask is not a packed batch's"
+    assert not kept_scores_pay(q, k, v, packed[:1]), "one mask broadcast over the batch: SDPA's business"
+    with torch.no_grad():
+        torch.testing.assert_close(causal_attention(q, k, v, above_the_diagonal),
+                                   F.scaled_dot_product_attention(q, k, v, attn_mask=above_the_diagonal))

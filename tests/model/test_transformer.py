@@ -251,3 +251,36 @@ def test_fused_loss_and_gradients_are_right_however_many_rows_are_labelled(label
     torch.testing.assert_close(fused.loss, ref.loss, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(hidden.grad, ref_grads[0], rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(weight.grad, ref_grads[1], rtol=1e-12, atol=1e-12)
+
+
+def _autograd_nodes(tensor):
+    """The names of the autograd nodes behind `tensor`."""
+    seen, stack, names = set(), [tensor.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.add(node.name())
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return names
+
+
+def test_a_packed_bf16_training_batch_attends_through_the_kept_scores_as_sdpa_would():
+    """SFT's packed batches pass their documents' mask: in bf16 training it takes the kept-scores
+    path (kernels/causal_attention.py), with SDPA's values under the mask."""
+    from olmolab.kernels import plain
+    from olmolab.kernels.registry import using
+    from olmolab.posttrain.sft import document_attention_mask
+
+    model = tiny().bfloat16()
+    ids = torch.randint(0, 500, (2, 40))
+    doc_ids = torch.tensor([[0] * 15 + [1] * 25, [0] * 30 + [-1] * 10])  # -1: padding
+    positions = torch.tensor([list(range(15)) + list(range(25)), list(range(30)) + list(range(10))])
+    mask = document_attention_mask(doc_ids)
+    logits = model(ids, positions=positions, attn_mask=mask)
+    assert "_KeptScoresCausalAttentionBackward" in _autograd_nodes(logits)
+    with using("causal_attention", plain.causal_attention):
+        expected = model(ids, positions=positions, attn_mask=mask)
+    assert "_KeptScoresCausalAttentionBackward" not in _autograd_nodes(expected)
+    torch.testing.assert_close(logits.float(), expected.float(), atol=0.05, rtol=0.05)  # bf16 rounding; a leak: ~0.9

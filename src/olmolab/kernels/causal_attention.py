@@ -29,7 +29,9 @@ double the error), the softmax in fp32, and keeps the probabilities in bf16, as 
 above the diagonal (25 MB per layer at batch 8, 6 heads, 512 tokens). The backward's matmuls
 take the whole square: on AMX the products the bands would skip cost less than summing their
 gradients band by band did, and each key's and value's gradient is then summed over all
-queries in fp32 inside one matmul and rounded once. The errors are the flash kernel's
+queries in fp32 inside one matmul and rounded once. A packed batch's mask (SFT's packing:
+causal within each document) applies too, filled into each band's scores: it removes keys the
+bands keep, never ones they skip (`packed_causal` checks). The errors are the flash kernel's
 (`tests/kernels/test_bf16.py`); `bench/attention.py` times the two
 (`bench/README.md`). Without a backward (evaluation, generation) the flash kernel's forward is
 the faster, and stays. torch.compile traces the bands as they are (inductor calls the flash
@@ -51,20 +53,22 @@ from olmolab.kernels.autograd import autograd_records
 _KERNEL_KEY_BLOCK, _KERNEL_TALL_TILES_FROM = 512, 192
 
 
-def halves_pay(q: Tensor, *_kv: Tensor) -> bool:
-    """Whether splitting these queries' sequence in halves pays (see the module docstring); the
-    keys and values (taken so that it can judge any attention call) do not change the answer."""
+def halves_pay(q: Tensor, k: Tensor | None = None, v: Tensor | None = None, mask: Tensor | None = None) -> bool:
+    """Whether splitting these queries' sequence in halves pays (see the module docstring): plain
+    causal attention only (no mask); the keys and values (taken so that it can judge any
+    attention call) do not change the answer."""
     T = q.shape[2]
     return (
-        q.device.type == "cpu"
+        mask is None
+        and q.device.type == "cpu"
         and q.dtype == torch.float32
         and T % 2 == 0
         and 2 * _KERNEL_TALL_TILES_FROM <= T <= _KERNEL_KEY_BLOCK
     )
 
 
-def halved_causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """`plain.causal_attention(q, k, v)`, computed in halves; T even."""
+def halved_causal_attention(q: Tensor, k: Tensor, v: Tensor, mask: None = None) -> Tensor:
+    """`plain.causal_attention(q, k, v)`, computed in halves; T even, no mask (`halves_pay`)."""
     return _HalvedCausalAttention.apply(q, *_one_key_per_query_head(q, k, v))
 
 
@@ -86,23 +90,37 @@ _KEPT_SCORES_MAX_TOKENS = 512
 _KEPT_SCORES_MAX_ELEMENTS = 1 << 26
 
 
-def kept_scores_pay(q: Tensor, k: Tensor, v: Tensor) -> bool:
+def kept_scores_pay(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> bool:
     """Whether attention with its scores kept pays: bf16 CPU training (a backward will run), up to
-    `_KEPT_SCORES_MAX_TOKENS` tokens and `_KEPT_SCORES_MAX_ELEMENTS` scores a call; under
-    torch.compile too (inductor calls the flash kernel as eager does: it has nothing of its own to
-    fuse attention into on CPU)."""
+    `_KEPT_SCORES_MAX_TOKENS` tokens and `_KEPT_SCORES_MAX_ELEMENTS` scores a call, under a mask
+    too where it is a packed batch's (`packed_causal`); under torch.compile too (inductor calls the
+    flash kernel as eager does: it has nothing of its own to fuse attention into on CPU)."""
     return (
         q.device.type == "cpu"
         and q.dtype == torch.bfloat16
         and 1 < q.shape[2] <= _KEPT_SCORES_MAX_TOKENS
         and q.shape[0] * q.shape[1] * q.shape[2] ** 2 <= _KEPT_SCORES_MAX_ELEMENTS
         and autograd_records(q, k, v)
+        and (mask is None or packed_causal(mask, q.shape[0], q.shape[2]))
     )
 
 
-def kept_scores_causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """`plain.causal_attention(q, k, v)` by batched matmuls, the softmax's probabilities kept."""
-    return _KeptScoresCausalAttention.apply(q, *_one_key_per_query_head(q, k, v))
+def packed_causal(mask: Tensor, B: int, T: int) -> bool:
+    """Whether `mask` ((B, 1, T, T) boolean, True = may attend) only removes keys from causal
+    attention and leaves every query itself: a packed batch's documents (SFT's packing), where
+    the kept scores' bands, which skip the keys after each band, lose nothing, and no row is
+    empty. One pass over the mask, in eager only: under torch.compile the check would split the
+    graph, and a masked call keeps SDPA."""
+    if torch.compiler.is_compiling() or mask.dtype != torch.bool or mask.shape != (B, 1, T, T):
+        return False
+    causal = torch.ones(T, T, dtype=torch.bool, device=mask.device).tril_()
+    return bool((causal >= mask).all() and mask.diagonal(dim1=-2, dim2=-1).all())
+
+
+def kept_scores_causal_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
+    """`plain.causal_attention(q, k, v, mask)` by batched matmuls, the softmax's probabilities
+    kept; `mask` as `packed_causal` allows."""
+    return _KeptScoresCausalAttention.apply(q, *_one_key_per_query_head(q, k, v), mask)
 
 
 def _causal_bias(T: int, dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -127,7 +145,7 @@ class _KeptScoresCausalAttention(torch.autograd.Function):
     of queries at a time, the probabilities kept for the backward."""
 
     @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
         B, H, T, hd = q.shape
         q3, k3, v3 = (t.reshape(B * H, T, hd) for t in (q, k, v))
         score_dtype = torch.promote_types(q.dtype, torch.float32)
@@ -142,6 +160,8 @@ class _KeptScoresCausalAttention(torch.autograd.Function):
             # The mask enters as the matmul's addend: no separate pass over the scores to mask them.
             band_bias = bias[start:end, :end].expand(B * H, -1, -1)
             scores = torch.baddbmm(band_bias, q_up[:, start:end], k_up[:, :end].transpose(1, 2), alpha=1 / math.sqrt(hd))
+            if mask is not None:  # a packed batch's documents: no key of another one (every head alike)
+                scores.view(B, H, end - start, end).masked_fill_(~mask[:, :, start:end, :end], -math.inf)
             band = torch.softmax(scores, dim=-1, out=scores)
             if square is None:
                 padded.append(F.pad(band.to(q.dtype), (0, T - end)))
@@ -154,11 +174,12 @@ class _KeptScoresCausalAttention(torch.autograd.Function):
         return torch.bmm(probs, v3).view(B, H, T, hd)
 
     @staticmethod
-    def backward(ctx, grad_out: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def backward(ctx, grad_out: Tensor) -> tuple[Tensor, Tensor, Tensor, None]:
         # Over the whole square, where the bands would skip 3/8 of it: in bf16 those products cost
         # little on AMX, and each gradient is then one matmul summing over all queries in fp32
         # inside and rounding once (summed band by band, they took longer than these matmuls).
-        # Above the diagonal the probabilities are zero, and so are the scores' gradients.
+        # Above the diagonal (and outside a mask) the probabilities are zero, and so are the scores'
+        # gradients.
         q3, k3, v3, probs = ctx.saved_tensors
         grad_out = grad_out.reshape(q3.shape)
         scale = 1 / math.sqrt(q3.shape[-1])
@@ -169,7 +190,7 @@ class _KeptScoresCausalAttention(torch.autograd.Function):
         grad_scores = torch._softmax_backward_data(grad_probs, probs, -1, probs.dtype)
         grad_q = torch.bmm(grad_scores, k3).mul_(scale)
         grad_k = torch.bmm(grad_scores.transpose(1, 2), q3).mul_(scale)
-        return grad_q.view(ctx.shape), grad_k.view(ctx.shape), grad_v.view(ctx.shape)
+        return grad_q.view(ctx.shape), grad_k.view(ctx.shape), grad_v.view(ctx.shape), None
 
 
 _flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu

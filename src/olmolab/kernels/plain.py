@@ -36,7 +36,10 @@ def swiglu(x: Tensor) -> Tensor:
     return F.silu(gate) * up
 
 
-def causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """Causal SDPA; q: (B, heads, T, hd), and k, v (B, kv_heads, T, hd) with kv_heads dividing
-    heads (grouped-query attention)."""
-    return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=k.shape[1] != q.shape[1])
+def causal_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Causal SDPA, or SDPA under `mask` ((B, 1, T, T) boolean, True = may attend: the caller's
+    restriction of causal attention, e.g. a packed batch's documents, taken as given); q:
+    (B, heads, T, hd), and k, v (B, kv_heads, T, hd) with kv_heads dividing heads (grouped-query
+    attention)."""
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                          enable_gqa=k.shape[1] != q.shape[1])

@@ -136,8 +136,8 @@ class Attention(nn.Module):
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, heads, T, hd)
         if cache is not None:
             k, v = cache.write(self.layer, k, v)  # (B, nkv, S, hd): the cached keys, then these
-        if mask is None and T > 1 and k.shape[2] == T:  # no keys before these (training, scoring, a prompt)
-            y = kernel("causal_attention")(q, k, v)  # SDPA(is_causal=True)
+        if T > 1 and k.shape[2] == T:  # no keys before these (training, scoring, a prompt)
+            y = kernel("causal_attention")(q, k, v, mask)  # SDPA(is_causal=True), or under the mask
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.n_kv_heads != self.n_heads)
         return self.w_out(y.transpose(1, 2).reshape(B, T, self.d_model))
