@@ -141,8 +141,8 @@ def _bands(T: int) -> list[tuple[int, int]]:
 
 
 class _KeptScoresCausalAttention(torch.autograd.Function):
-    """softmax(q k^T / sqrt(hd) + causal mask) v over (B * heads) batched matmuls: the scores a band
-    of queries at a time, the probabilities kept for the backward."""
+    """softmax(q k^T / sqrt(hd) + causal mask [+ a packed batch's]) v over (B * heads) batched
+    matmuls: the scores a band of queries at a time, the probabilities kept for the backward."""
 
     @staticmethod
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
@@ -157,7 +157,7 @@ class _KeptScoresCausalAttention(torch.autograd.Function):
         square = None if torch.compiler.is_compiling() else q.new_empty(B * H, T, T)
         padded = []
         for start, end in _bands(T):
-            # The mask enters as the matmul's addend: no separate pass over the scores to mask them.
+            # The causal mask enters as the matmul's addend: no separate pass over the scores for it.
             band_bias = bias[start:end, :end].expand(B * H, -1, -1)
             scores = torch.baddbmm(band_bias, q_up[:, start:end], k_up[:, :end].transpose(1, 2), alpha=1 / math.sqrt(hd))
             if mask is not None:  # a packed batch's documents: no key of another one (every head alike)
