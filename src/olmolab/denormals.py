@@ -3,17 +3,18 @@
 Why: an x86 core computes with a denormal (a float below 2^-126, about 1.2e-38) through a slow
 microcode path, tens of times slower than with a normal one. Training makes them as it runs.
 AdamW's moments of a parameter that stops getting gradients (the embedding row of a token the
-data no longer shows) decay by beta1 = 0.9 and beta2 = 0.95 a step; some 600 steps later they
+data no longer shows) decay by beta1 = 0.9 and beta2 = 0.95 a step; some 650 steps later they
 are denormal, and they stay so: 0.9 times the smallest denormals rounds back to them, and the
 moments settle at 4 and 9 times 2^-149, never reaching 0, until the row's next gradient. A
 fused AdamW step over a state half of which is denormal ran 15x slower than over a normal one
 (bench/denormals.py). A softmax over logits spread wider than ~87 nats makes them too (its
 exp's smallest outputs): 4.9x slower at the LM head's shapes.
 
-Numerics: with the flush on, such values become 0. An AdamW update built from a first moment that
-small is at most 2^-99 times the learning rate (its denominator is at least AdamW's eps, 1e-8),
-which no fp32 weight notices; a probability below 1e-38 is outside what a loss or a score can see. `olmolab train` and
-`olmolab eval` turn it on (`trainer.flush_denormals`).
+Numerics: with the flush on, such values become 0. An AdamW update built from a first moment
+that small is at most 2^-99 times the learning rate (its denominator is at least AdamW's eps,
+1e-8), which no fp32 weight notices; a probability below 1e-38 is outside what a loss or a score
+can see. The trainers (`olmolab train`, and post-training's `sft`, `dpo`, `rlvr`) turn it on
+(`trainer.flush_denormals`), and so does `olmolab eval`.
 
 How: the flush is two bits (FTZ, DAZ) of each thread's MXCSR register, and
 `torch.set_flush_denormal` sets the calling thread's only. A new thread inherits its creator's

@@ -169,7 +169,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 if upcast is None:
                     torch.mm(grad_logits, w, out=grad_h[s:e])
                 else:  # bf16: as (w^T grad^T)^T, oneDNN's AMX kernels run this product ~1.3x as fast
-                    grad_h[s:e] = torch.mm(w.T, grad_logits.T).T  # (bench/README.md: "the LM head in bf16")
+                    grad_h[s:e] = torch.mm(w.T, grad_logits.T).T  # (bench/README.md: "The LM head's input gradient")
                 grad_h[s:e].mul_(row_scale)
                 scaled_h = h[s:e] * row_scale.to(dtype)
                 if dtype == acc_dtype:  # beta 0 on the first chunk, which overwrites what was there
