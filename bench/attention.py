@@ -7,6 +7,7 @@ and forward alone; prints the ratio SDPA / olmolab and which of olmolab's paths 
 two are the same call, and the ratio is ~1).
 
     python bench/attention.py [--lengths 256,384,448,512,640,1024] [--dtypes fp32,bf16] [--rounds 7]
+                              [--keep-freed-memory]
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).parent))
 from common import bf16_skipped, interleaved_medians, setup
 
+from olmolab.allocator import keep_freed_memory
 from olmolab.kernels import kernel
 from olmolab.kernels.causal_attention import halves_pay, kept_scores_pay
 
@@ -68,11 +70,17 @@ def main() -> None:
     parser.add_argument("--dtypes", default="fp32,bf16", help="bf16 only where the CPU has a bf16 unit")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="tune malloc as olmolab's trainer does on CPU (olmolab/allocator.py), for both sides: "
+                             "the kept scores' (T x T) buffers then stop page-faulting on fresh memory every call")
     args = parser.parse_args()
     setup(args.threads)
+    if args.keep_freed_memory and not keep_freed_memory():
+        sys.exit("--keep-freed-memory needs glibc")
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
     names = [d for d in args.dtypes.split(",") if not (d == "bf16" and bf16_skipped("bf16 rows"))]
-    print(f"{TOKENS} tokens a batch, {HEADS} heads of {HEAD_DIM}, {args.threads} threads")
+    print(f"{TOKENS} tokens a batch, {HEADS} heads of {HEAD_DIM}, {args.threads} threads"
+          + (", malloc keeping freed memory (both sides)" if args.keep_freed_memory else ""))
     print(f"{'dtype':>5}  {'length':>6}  {'path':>11}  {'fwd+bwd SDPA':>12}  {'olmolab':>8}  {'ratio':>6}  "
           f"{'fwd SDPA':>8}  {'olmolab':>8}  {'ratio':>6}")
     for name in names:
