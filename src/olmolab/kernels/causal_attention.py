@@ -187,7 +187,8 @@ class _KeptScoresCausalAttention(torch.autograd.Function):
         grad_probs = torch.bmm(grad_out, v3.transpose(1, 2))
         # probs * (grad_probs - rowsum(grad_probs * probs)), fused, in fp32 inside (the flash
         # kernel's backward, too, hands its bf16 matmuls this gradient rounded to bf16).
-        grad_scores = torch._softmax_backward_data(grad_probs, probs, -1, probs.dtype)
+        # (written over grad_probs: each row's sum is taken before its row is written)
+        grad_scores = torch.ops.aten._softmax_backward_data.out(grad_probs, probs, -1, probs.dtype, grad_input=grad_probs)
         grad_q = torch.bmm(grad_scores, k3).mul_(scale)
         grad_k = torch.bmm(grad_scores.transpose(1, 2), q3).mul_(scale)
         return grad_q.view(ctx.shape), grad_k.view(ctx.shape), grad_v.view(ctx.shape), None
