@@ -20,9 +20,14 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import bf16_skipped, interleaved_medians, setup
+from common import (
+    add_keep_freed_memory_flag,
+    bf16_skipped,
+    interleaved_medians,
+    keep_freed_memory_if_asked,
+    setup,
+)
 
-from olmolab.allocator import keep_freed_memory
 from olmolab.kernels import kernel
 from olmolab.kernels.causal_attention import halves_pay, kept_scores_pay
 
@@ -70,13 +75,11 @@ def main() -> None:
     parser.add_argument("--dtypes", default="fp32,bf16", help="bf16 only where the CPU has a bf16 unit")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--keep-freed-memory", action="store_true",
-                        help="tune malloc as olmolab's trainer does on CPU (olmolab/allocator.py), for both sides: "
-                             "the kept scores' (T x T) buffers then stop page-faulting on fresh memory every call")
+    add_keep_freed_memory_flag(
+        parser, ": the kept scores' (T x T) buffers then stop page-faulting on fresh memory every call")
     args = parser.parse_args()
     setup(args.threads)
-    if args.keep_freed_memory and not keep_freed_memory():
-        sys.exit("--keep-freed-memory needs glibc")
+    keep_freed_memory_if_asked(args)
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
     names = [d for d in args.dtypes.split(",") if not (d == "bf16" and bf16_skipped("bf16 rows"))]
     print(f"{TOKENS} tokens a batch, {HEADS} heads of {HEAD_DIM}, {args.threads} threads"

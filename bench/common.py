@@ -6,8 +6,10 @@ the same run, interleaving the two sides and taking medians.
 
 from __future__ import annotations
 
+import argparse
 import copy
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +17,7 @@ from pathlib import Path
 import torch
 
 from olmolab import ModelConfig
+from olmolab.allocator import keep_freed_memory
 from olmolab.precision import bf16_is_fast
 
 # The bench model of the issues: OLMo 2, d_model 384, 6 layers, 6 heads, SwiGLU 1024, vocab 16384.
@@ -49,6 +52,18 @@ def bench_tokenizer(shared: Path):
 
     corpora = [shared / "corpora/wikitext-2/valid.txt", shared / "corpora/tinyshakespeare/input.txt"]
     return train_bpe([p.read_text() for p in corpora], BENCH_MODEL.vocab_size)
+
+
+def add_keep_freed_memory_flag(parser: argparse.ArgumentParser, why: str = "") -> None:
+    """`--keep-freed-memory`: malloc tuned as olmolab's trainer tunes it on CPU, for both sides
+    (`keep_freed_memory_if_asked` applies it)."""
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="tune malloc as olmolab's trainer does on CPU (olmolab/allocator.py), for both sides" + why)
+
+
+def keep_freed_memory_if_asked(args: argparse.Namespace) -> None:
+    if args.keep_freed_memory and not keep_freed_memory():
+        sys.exit("--keep-freed-memory needs glibc")
 
 
 def setup(threads: int = 2, seed: int = 0) -> None:

@@ -33,10 +33,18 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import BENCH_BATCH, BENCH_MODEL, BENCH_SEQ_LEN, bf16_skipped, interleaved_samples, setup
+from common import (
+    BENCH_BATCH,
+    BENCH_MODEL,
+    BENCH_SEQ_LEN,
+    add_keep_freed_memory_flag,
+    bf16_skipped,
+    interleaved_samples,
+    keep_freed_memory_if_asked,
+    setup,
+)
 
 from olmolab import Transformer
-from olmolab.allocator import keep_freed_memory
 from olmolab.convert import hf
 from olmolab.kernels.cpu_matmul import cpu_bf16_matmul_unit
 from olmolab.precision import resolve_precision
@@ -79,12 +87,10 @@ def main() -> None:
     parser.add_argument("--no-compile", action="store_true",
                         help="eager olmolab only (no C++ compiler here, or to save the compilation)")
     parser.add_argument("--no-bf16", action="store_true", help="fp32 rows only")
-    parser.add_argument("--keep-freed-memory", action="store_true",
-                        help="tune malloc as olmolab's trainer does on CPU (olmolab/allocator.py), for both sides")
+    add_keep_freed_memory_flag(parser)
     args = parser.parse_args()
     setup(args.threads)
-    if args.keep_freed_memory and not keep_freed_memory():
-        sys.exit("--keep-freed-memory needs glibc")
+    keep_freed_memory_if_asked(args)
     from transformers import AutoModelForCausalLM
 
     ours = Transformer(BENCH_MODEL).train()

@@ -17,11 +17,15 @@ print(every_thread_flushes_denormals())
 """
 
 
-def run(before: str = "") -> list[str]:
-    result = subprocess.run([sys.executable, "-c", PROBE.format(before=before)], capture_output=True, text=True,
-                            timeout=120)
+def output_of(code: str) -> list[str]:
+    """The lines a fresh Python process running `code` prints."""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     return result.stdout.splitlines()
+
+
+def run(before: str = "") -> list[str]:
+    return output_of(PROBE.format(before=before))
 
 
 pytestmark = pytest.mark.skipif(not torch.backends.cpu.get_cpu_capability().startswith("AVX"),
@@ -37,7 +41,5 @@ def test_set_after_the_pool_started_its_threads_keep_denormals_and_the_check_say
 
 
 def test_without_the_flush_a_product_underflows_into_a_denormal():
-    result = subprocess.run([sys.executable, "-c", "import torch; torch.set_num_threads(2); "
-                             "from olmolab.denormals import every_thread_flushes_denormals as f; print(f())"],
-                            capture_output=True, text=True, timeout=120)
-    assert result.stdout.split() == ["False"], result.stderr
+    assert output_of("import torch; torch.set_num_threads(2); "
+                     "from olmolab.denormals import every_thread_flushes_denormals as f; print(f())") == ["False"]

@@ -281,7 +281,7 @@ def test_olmolab_train_flushes_denormals_in_every_thread(tiny_run):
 def test_a_trainer_started_after_torchs_thread_pool_says_its_threads_keep_denormals(tiny_run):
     path, _ = tiny_run(max_steps=1)
     script = ("import torch; torch.set_num_threads(2); (torch.ones(1 << 20) * 2).sum()  # starts the pool\n"
-              f"from olmolab.config import load_run_config; from olmolab.train.trainer import Trainer\n"
+              "from olmolab.config import load_run_config; from olmolab.train.trainer import Trainer\n"
               f"Trainer(load_run_config({str(path)!r}))")
     result = subprocess.run([sys.executable, "-c", script], env=run_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
