@@ -1,6 +1,7 @@
 """trainer.precision: what auto chooses where, and bf16 training with fp32 master weights that
 tracks fp32 training."""
 
+import copy
 import json
 
 import numpy as np
@@ -116,8 +117,6 @@ def test_a_lone_process_gets_the_fp32_gradients_that_an_fp32_reduction_would_giv
     """Alone, FSDP2's gradient "reduction" is a copy: the bf16 gradients cast to fp32 after it
     (cheaper, what `parallelize` sets up for one process) are those cast before it (what several
     processes do, to sum in fp32), bit for bit."""
-    import copy
-
     import torch.distributed as dist
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
@@ -142,3 +141,26 @@ def test_a_lone_process_gets_the_fp32_gradients_that_an_fp32_reduction_would_giv
     finally:
         if not was_distributed:
             dist.destroy_process_group()
+
+
+def test_compiled_training_runs_the_losss_bf16_softmax_by_its_compiled_kernel_and_eager_does_not(monkeypatch):
+    """`trainer.compile` compiles the blocks (`parallelize`) and lets the loss use its compiled
+    kernel over each chunk's bf16 logits; an eager model keeps the eager softmax."""
+    from olmolab import ModelConfig, Transformer
+    from olmolab.model import loss as loss_module
+    from olmolab.train import distributed as dist_utils
+
+    calls = []
+    real_kernel = loss_module.compiled_softmax_rows_
+    monkeypatch.setattr(loss_module, "compiled_softmax_rows_", lambda logits: calls.append(logits.shape) or real_kernel(logits))
+    config = ModelConfig.preset("olmo2-tiny")
+    hidden = torch.randn(2, 16, config.d_model, dtype=torch.bfloat16, requires_grad=True)
+    labels = torch.randint(0, config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
+    bf16_model, losses = Transformer(config).bfloat16(), {}
+    for compiled in (False, True):
+        model = dist_utils.parallelize(copy.deepcopy(bf16_model), strategy="ddp", device=torch.device("cpu"), bf16=False,
+                                       compile_blocks=compiled, activation_checkpointing=False)
+        assert model.compiled_loss is compiled
+        losses[compiled] = model.loss(hidden, labels).loss
+        assert len(calls) == compiled, calls  # the blocks are compiled lazily: not run here
+    torch.testing.assert_close(losses[True], losses[False], rtol=1e-5, atol=0)

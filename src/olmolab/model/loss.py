@@ -21,6 +21,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from olmolab.kernels.logits_softmax import compiled_softmax_rows_
+
 IGNORE_INDEX = -100
 
 # Most logits held at once. On a CPU, 16M fp32 values (64 MiB; 1024 tokens of a 16k vocabulary):
@@ -71,8 +73,12 @@ def linear_cross_entropy(
     z_loss_multiplier: float = 0.0,
     div_factor: float | Tensor | None = None,
     ignore_index: int = IGNORE_INDEX,
+    compiled: bool = False,
 ) -> LMLoss:
-    """The loss of `hidden @ weight.T` against `labels`, chunked. hidden: (N, d); weight: (V, d)."""
+    """The loss of `hidden @ weight.T` against `labels`, chunked. hidden: (N, d); weight: (V, d).
+
+    compiled: training is torch.compile'd (`trainer.compile`): in bf16 on a CPU each chunk's
+    softmax is then one inductor kernel over the bf16 logits (`kernels.logits_softmax`)."""
     if z_loss_multiplier < 0:  # it would reward a large normaliser (and the gradient divides by 1 + 2 z lse)
         raise ValueError(f"z_loss_multiplier={z_loss_multiplier}: must be 0 (no z-loss) or more")
     valid = labels != ignore_index
@@ -83,7 +89,7 @@ def linear_cross_entropy(
         # LM head, where they are more than a few (pretraining's one a row is not worth the copy).
         # On a GPU, reading `valid` would stall the queue every step.
         hidden, labels, valid = hidden[valid], labels[valid], valid[valid]
-    loss, ce, z = _LinearCrossEntropy.apply(hidden, weight, labels, valid, div, float(z_loss_multiplier))
+    loss, ce, z = _LinearCrossEntropy.apply(hidden, weight, labels, valid, div, float(z_loss_multiplier), compiled)
     return LMLoss(loss, ce, z)
 
 
@@ -120,9 +126,34 @@ def _logsumexp_from_softmax(probs, target, target_ids, ok, row_max, h, w):
     return lse
 
 
+def _grad_weight_dtype(dtype: torch.dtype, acc_dtype: torch.dtype, weight: Tensor) -> torch.dtype:
+    """The dtype the LM head's gradient is summed in across chunks: fp32 at least, except for a
+    bf16 weight on a CPU (bf16 training's compute copy), whose gradient leaves in bf16 anyway.
+    There each chunk's product is added by the matmul itself (oneDNN sums in fp32 inside and
+    rounds once a chunk: as many roundings as the fp32 sum of bf16 products had, without a
+    separate pass over an fp32 accumulator of the head's size for every chunk; at the bench
+    model's shapes 0.26% of the gradient's norm off the fp64 one, the fp32 sum's 0.23%)."""
+    if weight.dtype == dtype == torch.bfloat16 and weight.device.type == "cpu":
+        return dtype
+    return acc_dtype
+
+
+# bf16 products of up to this many rows at once (see `_bf16_rows_times`).
+_BF16_ROWS = 256
+
+
+def _bf16_rows_times(a: Tensor, b: Tensor, *, out: Tensor) -> None:
+    """out = a @ b in bf16 on a CPU, `_BF16_ROWS` rows of `a` at a time. At the LM head's input
+    gradient's shapes (rows x vocab by vocab x d_model) oneDNN's AMX kernel runs at half speed
+    from 512 to 1024 rows and at full speed below and above (torch 2.13; bench/README.md, "The
+    LM head's input gradient"): a chunk of 1024 rows goes as four of 256."""
+    for s in range(0, a.shape[0], _BF16_ROWS):
+        torch.mm(a[s : s + _BF16_ROWS], b, out=out[s : s + _BF16_ROWS])
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, labels, valid, div, z_mult):
+    def forward(ctx, hidden, weight, labels, valid, div, z_mult, compiled):
         dtype = _compute_dtype(hidden)
         needs_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         with torch.autocast(hidden.device.type, enabled=False):
@@ -131,30 +162,39 @@ class _LinearCrossEntropy(torch.autograd.Function):
             rows = max(1, (CHUNK_ELEMENTS if h.device.type == "cpu" else GPU_CHUNK_ELEMENTS) // vocab)
             # Softmax and accumulators in fp32 at least: bf16 logits are upcast, fp64 ones kept.
             acc_dtype = torch.promote_types(dtype, torch.float32)
+            # bf16 on a CPU under torch.compile: each chunk's softmax is one kernel over the bf16
+            # logits, in place, in fp32 inside (no fp32 copy of the chunk).
+            bf16_kernel = compiled and h.device.type == "cpu" and acc_dtype != dtype
             ce_sum = torch.zeros((), dtype=acc_dtype, device=h.device)
             z_sum = torch.zeros((), dtype=acc_dtype, device=h.device)
             grad_h = torch.empty_like(h) if needs_grad else None
             grad_w = None
             if needs_grad:  # not zeroed where the first chunk's matmul overwrites it
-                grad_w = (torch.empty if dtype == acc_dtype else torch.zeros)(w.shape, dtype=acc_dtype, device=w.device)
+                grad_w_dtype = _grad_weight_dtype(dtype, acc_dtype, weight)
+                grad_w = (torch.empty if dtype == grad_w_dtype else torch.zeros)(w.shape, dtype=grad_w_dtype, device=w.device)
             # Every chunk's logits, then its gradient, are written into this one buffer: on a CPU a
             # fresh block this large would come from the OS, page-faulting anew for every chunk.
             # bf16 logits are upcast into a second, fp32 one, for the same reason.
             buffer = torch.empty(min(rows, n), vocab, dtype=dtype, device=h.device)
-            upcast = torch.empty_like(buffer, dtype=acc_dtype) if acc_dtype != dtype else None
+            upcast = torch.empty_like(buffer, dtype=acc_dtype) if acc_dtype != dtype and not bf16_kernel else None
             for s in range(0, n, rows):
                 e = min(s + rows, n)
                 ok, target_ids = valid[s:e], labels[s:e].clamp(min=0)[:, None]
                 logits = torch.mm(h[s:e], w.T, out=buffer[: e - s])  # (rows, V)
-                if upcast is not None:
-                    logits = upcast[: e - s].copy_(logits)
-                target = logits.gather(1, target_ids).squeeze(1)
-                # The softmax in place, by the fused kernel that finishes each row while it is still
-                # in cache (one sweep of the chunk, not four for max, subtract, exp and sum); it
-                # is also the gradient's main term.
-                row_max = logits.amax(dim=-1) if logits.is_cuda else None
-                probs = torch.softmax(logits, dim=-1, out=logits)
-                lse = _logsumexp_from_softmax(probs, target, target_ids, ok, row_max, h[s:e], w)
+                if bf16_kernel:
+                    target = logits.gather(1, target_ids).squeeze(1).to(acc_dtype)
+                    lse = compiled_softmax_rows_(logits)
+                    probs = logits  # bf16 now
+                else:
+                    if upcast is not None:
+                        logits = upcast[: e - s].copy_(logits)
+                    target = logits.gather(1, target_ids).squeeze(1)
+                    # The softmax in place, by the fused kernel that finishes each row while it is
+                    # still in cache (one sweep of the chunk, not four for max, subtract, exp and
+                    # sum); it is also the gradient's main term.
+                    row_max = logits.amax(dim=-1) if logits.is_cuda else None
+                    probs = torch.softmax(logits, dim=-1, out=logits)
+                    lse = _logsumexp_from_softmax(probs, target, target_ids, ok, row_max, h[s:e], w)
                 ce_sum += torch.where(ok, lse - target, 0.0).sum()
                 z_sum += torch.where(ok, lse.square(), 0.0).sum()
                 if not needs_grad:
@@ -164,15 +204,21 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 # the two matmuls, not to the (rows, V) chunk: that saves a sweep of the chunk.
                 lse_factor = 1 + 2 * z_mult * lse
                 row_scale = torch.where(ok, lse_factor / div, 0.0)[:, None]
-                probs.scatter_add_(1, target_ids, torch.where(ok, -1.0 / lse_factor, 0.0)[:, None])  # lse's dtype: acc_dtype
-                grad_logits = probs if upcast is None else buffer[: e - s].copy_(probs)
-                if upcast is None:
+                label_term = torch.where(ok, -1.0 / lse_factor, 0.0)  # lse's dtype: acc_dtype
+                if bf16_kernel:  # the label's entry from its fp32 probability, rounded once
+                    label_probs = (target - lse).exp()
+                    chunk_rows = torch.arange(e - s, device=h.device)
+                    grad_logits = probs.index_put_((chunk_rows, target_ids[:, 0]), (label_probs + label_term).to(dtype))
+                else:
+                    probs.scatter_add_(1, target_ids, label_term[:, None])
+                    grad_logits = probs if upcast is None else buffer[: e - s].copy_(probs)
+                if dtype == torch.bfloat16 and h.device.type == "cpu":
+                    _bf16_rows_times(grad_logits, w, out=grad_h[s:e])
+                else:
                     torch.mm(grad_logits, w, out=grad_h[s:e])
-                else:  # bf16: as (w^T grad^T)^T, oneDNN's AMX kernels run this product ~1.3x as fast
-                    grad_h[s:e] = torch.mm(w.T, grad_logits.T).T  # (bench/README.md: "The LM head's input gradient")
                 grad_h[s:e].mul_(row_scale)
                 scaled_h = h[s:e] * row_scale.to(dtype)
-                if dtype == acc_dtype:  # beta 0 on the first chunk, which overwrites what was there
+                if grad_w.dtype == dtype:  # beta 0 on the first chunk, which overwrites what was there
                     grad_w.addmm_(grad_logits.T, scaled_h, beta=1 if s else 0)
                 else:  # a bf16 matmul, accumulated across chunks in fp32
                     grad_w += grad_logits.T @ scaled_h
@@ -189,4 +235,4 @@ class _LinearCrossEntropy(torch.autograd.Function):
         h_dtype, w_dtype = ctx.input_dtypes
         grad_hidden = (grad_h * grad_loss).to(h_dtype) if ctx.needs_input_grad[0] else None
         grad_weight = (grad_w * grad_loss).to(w_dtype) if ctx.needs_input_grad[1] else None
-        return grad_hidden, grad_weight, None, None, None, None
+        return grad_hidden, grad_weight, None, None, None, None, None

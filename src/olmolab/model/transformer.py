@@ -184,6 +184,9 @@ class Transformer(nn.Module):
         self.lm_head = Linear(config.d_model, config.embedding_size)
         if config.weight_tying:
             self.lm_head.weight = self.embeddings.weight
+        self.compiled_loss = False
+        """Whether the loss may use torch.compile'd kernels (`linear_cross_entropy`'s `compiled`):
+        set where training compiles the blocks (`trainer.compile`)."""
         self.init_weights()
 
     # ------------------------------------------------------------------ forward
@@ -269,7 +272,7 @@ class Transformer(nn.Module):
         """
         return linear_cross_entropy(
             hidden.flatten(0, 1), self.lm_head.weight, labels.flatten(),
-            z_loss_multiplier=z_loss_multiplier, div_factor=div_factor,
+            z_loss_multiplier=z_loss_multiplier, div_factor=div_factor, compiled=self.compiled_loss,
         )
 
     def label_log_probs(self, hidden: Tensor, labels: Tensor) -> Tensor:

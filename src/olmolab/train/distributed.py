@@ -90,6 +90,7 @@ def parallelize(
     if compile_blocks:
         for block in model.blocks:
             block.compile()
+        model.compiled_loss = True
     if bf16 and device.type == "cpu":
         # CPU autocast would cast activations back and forth around every op, and each weight
         # once per micro-batch anyway; FSDP2's policy keeps the activations in bf16 from the
