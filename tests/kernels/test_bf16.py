@@ -103,7 +103,7 @@ def test_halved_causal_attention_in_bf16_matches_fp64_attention(heads, kv_heads)
 
 
 @pytest.mark.parametrize("logit_scale", [1.0, 4.0])
-@pytest.mark.parametrize("T", [128, 300])  # one band of queries, and three (key and value gradients summed over them)
+@pytest.mark.parametrize("T", [64, 300])  # one band of queries, and five (key and value gradients summed over them)
 def test_kept_scores_attention_in_bf16_is_as_accurate_as_the_flash_kernel(logit_scale, T):
     """Scores in fp32, probabilities kept in bf16: about the flash kernel's errors (within half
     again), also with logits four times as large (scores rounded to bf16 before the softmax would
