@@ -126,14 +126,15 @@ def _logsumexp_from_softmax(probs, target, target_ids, ok, row_max, h, w):
     return lse
 
 
-def _grad_weight_dtype(dtype: torch.dtype, acc_dtype: torch.dtype, weight: Tensor) -> torch.dtype:
+def _grad_weight_dtype(dtype: torch.dtype, acc_dtype: torch.dtype, weight_dtype: torch.dtype,
+                       device: torch.device) -> torch.dtype:
     """The dtype the LM head's gradient is summed in across chunks: fp32 at least, except for a
     bf16 weight on a CPU (bf16 training's compute copy), whose gradient leaves in bf16 anyway.
     There each chunk's product is added by the matmul itself (oneDNN sums in fp32 inside and
     rounds once a chunk: as many roundings as the fp32 sum of bf16 products had, without a
     separate pass over an fp32 accumulator of the head's size for every chunk; at the bench
     model's shapes 0.26% of the gradient's norm off the fp64 one, the fp32 sum's 0.23%)."""
-    if weight.dtype == dtype == torch.bfloat16 and weight.device.type == "cpu":
+    if weight_dtype == dtype == torch.bfloat16 and device.type == "cpu":
         return dtype
     return acc_dtype
 
@@ -170,7 +171,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             grad_h = torch.empty_like(h) if needs_grad else None
             grad_w = None
             if needs_grad:  # not zeroed where the first chunk's matmul overwrites it
-                grad_w_dtype = _grad_weight_dtype(dtype, acc_dtype, weight)
+                grad_w_dtype = _grad_weight_dtype(dtype, acc_dtype, weight.dtype, w.device)
                 grad_w = (torch.empty if dtype == grad_w_dtype else torch.zeros)(w.shape, dtype=grad_w_dtype, device=w.device)
             # Every chunk's logits, then its gradient, are written into this one buffer: on a CPU a
             # fresh block this large would come from the OS, page-faulting anew for every chunk.
