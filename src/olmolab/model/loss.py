@@ -152,6 +152,33 @@ def _bf16_rows_times(a: Tensor, b: Tensor, *, out: Tensor) -> None:
         torch.mm(a[s : s + _BF16_ROWS], b, out=out[s : s + _BF16_ROWS])
 
 
+def _softmax_(logits, upcast, bf16_kernel, target_ids, ok, h, w):
+    """A chunk's softmax, written over its logits (or over their fp32 `upcast`), with each row's
+    label logit and log-sum-exp (fp32 at least): (probs, target, lse)."""
+    if bf16_kernel:  # one compiled kernel over the bf16 logits, fp32 inside
+        target = logits.gather(1, target_ids).squeeze(1).float()
+        return logits, target, compiled_softmax_rows_(logits)
+    if upcast is not None:
+        logits = upcast.copy_(logits)
+    target = logits.gather(1, target_ids).squeeze(1)
+    # The softmax in place, by the fused kernel that finishes each row while it is still in cache
+    # (one sweep of the chunk, not four for max, subtract, exp and sum); it is also the
+    # gradient's main term.
+    row_max = logits.amax(dim=-1) if logits.is_cuda else None
+    probs = torch.softmax(logits, dim=-1, out=logits)
+    return probs, target, _logsumexp_from_softmax(probs, target, target_ids, ok, row_max, h, w)
+
+
+def _grad_logits_(probs, target_ids, target, lse, label_term, buffer):
+    """softmax + label_term at each row's label, in `buffer`'s dtype (the matmuls'), written over
+    `probs` (and copied into `buffer` where the softmax was an fp32 upcast)."""
+    if probs.dtype != lse.dtype:  # bf16 probabilities: the label's entry from its fp32 probability, rounded once
+        rows = torch.arange(probs.shape[0], device=probs.device)  # (`scatter_` into bf16 is ~1000x slower)
+        return probs.index_put_((rows, target_ids[:, 0]), ((target - lse).exp() + label_term).to(probs.dtype))
+    probs.scatter_add_(1, target_ids, label_term[:, None])
+    return probs if probs.dtype == buffer.dtype else buffer.copy_(probs)
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, labels, valid, div, z_mult, compiled):
@@ -182,20 +209,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 e = min(s + rows, n)
                 ok, target_ids = valid[s:e], labels[s:e].clamp(min=0)[:, None]
                 logits = torch.mm(h[s:e], w.T, out=buffer[: e - s])  # (rows, V)
-                if bf16_kernel:
-                    target = logits.gather(1, target_ids).squeeze(1).to(acc_dtype)
-                    lse = compiled_softmax_rows_(logits)
-                    probs = logits  # bf16 now
-                else:
-                    if upcast is not None:
-                        logits = upcast[: e - s].copy_(logits)
-                    target = logits.gather(1, target_ids).squeeze(1)
-                    # The softmax in place, by the fused kernel that finishes each row while it is
-                    # still in cache (one sweep of the chunk, not four for max, subtract, exp and
-                    # sum); it is also the gradient's main term.
-                    row_max = logits.amax(dim=-1) if logits.is_cuda else None
-                    probs = torch.softmax(logits, dim=-1, out=logits)
-                    lse = _logsumexp_from_softmax(probs, target, target_ids, ok, row_max, h[s:e], w)
+                chunk_upcast = None if upcast is None else upcast[: e - s]
+                probs, target, lse = _softmax_(logits, chunk_upcast, bf16_kernel, target_ids, ok, h[s:e], w)
                 ce_sum += torch.where(ok, lse - target, 0.0).sum()
                 z_sum += torch.where(ok, lse.square(), 0.0).sum()
                 if not needs_grad:
@@ -206,13 +221,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 lse_factor = 1 + 2 * z_mult * lse
                 row_scale = torch.where(ok, lse_factor / div, 0.0)[:, None]
                 label_term = torch.where(ok, -1.0 / lse_factor, 0.0)  # lse's dtype: acc_dtype
-                if bf16_kernel:  # the label's entry from its fp32 probability, rounded once
-                    label_probs = (target - lse).exp()
-                    chunk_rows = torch.arange(e - s, device=h.device)
-                    grad_logits = probs.index_put_((chunk_rows, target_ids[:, 0]), (label_probs + label_term).to(dtype))
-                else:
-                    probs.scatter_add_(1, target_ids, label_term[:, None])
-                    grad_logits = probs if upcast is None else buffer[: e - s].copy_(probs)
+                grad_logits = _grad_logits_(probs, target_ids, target, lse, label_term, buffer[: e - s])
                 if dtype == torch.bfloat16 and h.device.type == "cpu":
                     _bf16_rows_times(grad_logits, w, out=grad_h[s:e])
                 else:
