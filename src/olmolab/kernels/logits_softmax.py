@@ -32,8 +32,8 @@ def softmax_rows_(logits: Tensor) -> Tensor:
 
 
 def compiled_softmax_rows_(logits: Tensor) -> Tensor:
-    """`softmax_rows_` as one inductor kernel (torch.compile; the first call compiles it, once
-    for every number of rows)."""
+    """`softmax_rows_` as one inductor kernel (torch.compile; the first call compiles it, for any
+    number of rows)."""
     row_max, row_sum = _compiled()(logits)
     return row_max + row_sum.log()
 
