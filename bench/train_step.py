@@ -2,9 +2,9 @@
 
 Same weights, same batch, same optimizer settings, same process; the sides alternate. olmolab
 runs eager, with each block torch.compile'd (`trainer.compile`: what inductor's fusion of the
-elementwise work between the matmuls is worth on this CPU), and in bf16 as `trainer.precision:
-bf16` trains (fp32 master weights and AdamW state, bf16 compute copies and activations), eager
-and compiled;
+elementwise work between the matmuls is worth on this CPU; in bf16 the loss's softmax over each
+chunk of logits is compiled too), and in bf16 as `trainer.precision: bf16` trains (fp32 master
+weights and AdamW state, bf16 compute copies and activations), eager and compiled;
 transformers in fp32 and under `torch.autocast("cpu", bfloat16)`. The bf16 rows run where the CPU
 has a bf16 unit (AMX or AVX512-BF16) and are skipped, saying why, elsewhere. Prints tokens/s of
 each, MFU against this machine's measured matmul peak in the row's precision, and each olmolab
