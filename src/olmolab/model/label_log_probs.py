@@ -67,23 +67,14 @@ class _LinearLabelLogProbs(torch.autograd.Function):
         softmaxes, ctx.softmaxes = ctx.softmaxes, None
         h_dtype, w_dtype = ctx.input_dtypes
         linear = kernel("linear")
-        bf16_cpu = h.dtype == torch.bfloat16 and h.device.type == "cpu"
         grad_h = torch.empty_like(h)
-        # Summed in fp32 at least, or by the matmul itself for a bf16 weight on a CPU (see the loss's).
-        grad_w_dtype = lm_loss._grad_weight_dtype(h.dtype, softmaxes[0].dtype, w_dtype, w.device)
-        grad_w = (torch.empty if grad_w_dtype == h.dtype else torch.zeros)(w.shape, dtype=grad_w_dtype, device=w.device)
+        grad_w = lm_loss._weight_grad_buffer(w, softmaxes[0].dtype, w_dtype)  # the loss's accumulator
         for k, grad_logits in enumerate(softmaxes):
             s, e = k * ctx.rows, k * ctx.rows + grad_logits.shape[0]
             g = grad[s:e, None].to(grad_logits.dtype)
             # d log p(label) / d logits = one-hot(label) - softmax, times the upstream gradient
             grad_logits = grad_logits.mul_(-g).scatter_add_(1, labels[s:e, None], g).to(h.dtype)
-            if bf16_cpu:  # oneDNN's bf16 product is slow at a chunk's row count (see the loss's)
-                lm_loss._bf16_rows_times(grad_logits, w, out=grad_h[s:e])
-            else:
-                grad_h[s:e] = linear(grad_logits, w.T)
-            if grad_w.dtype == h.dtype:  # beta 0 on the first chunk, which overwrites what was there
-                grad_w.addmm_(grad_logits.T, h[s:e], beta=1 if k else 0)
-            else:  # a bf16 matmul, accumulated across chunks in fp32
-                grad_w += grad_logits.T @ h[s:e]
+            lm_loss._input_grad_(grad_logits, w, grad_h[s:e], linear)
+            lm_loss._add_to_weight_grad_(grad_w, grad_logits, h[s:e], first=k == 0)
         return (grad_h.to(h_dtype) if ctx.needs_input_grad[0] else None,
                 grad_w.to(w_dtype) if ctx.needs_input_grad[1] else None, None, None)

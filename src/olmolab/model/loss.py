@@ -126,30 +126,44 @@ def _logsumexp_from_softmax(probs, target, target_ids, ok, row_max, h, w):
     return lse
 
 
-def _grad_weight_dtype(dtype: torch.dtype, acc_dtype: torch.dtype, weight_dtype: torch.dtype,
-                       device: torch.device) -> torch.dtype:
-    """The dtype the LM head's gradient is summed in across chunks: fp32 at least, except for a
-    bf16 weight on a CPU (bf16 training's compute copy), whose gradient leaves in bf16 anyway.
-    There each chunk's product is added by the matmul itself (oneDNN sums in fp32 inside and
-    rounds once a chunk: as many roundings as the fp32 sum of bf16 products had, without a
-    separate pass over an fp32 accumulator of the head's size for every chunk; at the bench
-    model's shapes 0.26% of the gradient's norm off the fp64 one, the fp32 sum's 0.23%)."""
-    if weight_dtype == dtype == torch.bfloat16 and device.type == "cpu":
-        return dtype
-    return acc_dtype
+def _weight_grad_buffer(w: Tensor, acc_dtype: torch.dtype, weight_dtype: torch.dtype) -> Tensor:
+    """The LM head's gradient, summed across chunks (`_add_to_weight_grad_`) in fp32 at least,
+    except for a bf16 weight on a CPU (bf16 training's compute copy), whose gradient leaves in
+    bf16 anyway. There each chunk's product is added by the matmul itself (oneDNN sums in fp32
+    inside and rounds once a chunk: as many roundings as the fp32 sum of bf16 products had,
+    without a separate pass over an fp32 accumulator of the head's size for every chunk; at the
+    bench model's shapes 0.26% of the gradient's norm off the fp64 one, the fp32 sum's 0.23%).
+    `w` is the weight in the matmuls' dtype. Not zeroed where the first chunk's matmul overwrites it."""
+    bf16_cpu = weight_dtype == w.dtype == torch.bfloat16 and w.device.type == "cpu"
+    dtype = w.dtype if bf16_cpu else acc_dtype
+    return (torch.empty if dtype == w.dtype else torch.zeros)(w.shape, dtype=dtype, device=w.device)
 
 
-# bf16 products of up to this many rows at once (see `_bf16_rows_times`).
+def _add_to_weight_grad_(grad_w: Tensor, grad_logits: Tensor, h: Tensor, first: bool) -> None:
+    """grad_w += grad_logits^T h, a chunk's share of the LM head's gradient."""
+    if grad_w.dtype == h.dtype:  # beta 0 on the first chunk, which overwrites what was there
+        grad_w.addmm_(grad_logits.T, h, beta=0 if first else 1)
+    else:  # a bf16 matmul, accumulated across chunks in fp32
+        grad_w += grad_logits.T @ h
+
+
+# bf16 products of up to this many rows at once (see `_input_grad_`).
 _BF16_ROWS = 256
 
 
-def _bf16_rows_times(a: Tensor, b: Tensor, *, out: Tensor) -> None:
-    """out = a @ b in bf16 on a CPU, `_BF16_ROWS` rows of `a` at a time. At the LM head's input
-    gradient's shapes (rows x vocab by vocab x d_model) oneDNN's AMX kernel runs at half speed
-    from 512 to 1024 rows and at full speed below and above (torch 2.13; bench/README.md, "The
-    LM head's input gradient"): a chunk of 1024 rows goes as four of 256."""
-    for s in range(0, a.shape[0], _BF16_ROWS):
-        torch.mm(a[s : s + _BF16_ROWS], b, out=out[s : s + _BF16_ROWS])
+def _input_grad_(grad_logits: Tensor, w: Tensor, out: Tensor, linear=None) -> None:
+    """out = grad_logits @ w, a chunk's share of the LM head's input gradient; by `linear(x, weight)`
+    (x @ weight^T) where the caller computes its products so, else `torch.mm`. In bf16 on a CPU
+    `_BF16_ROWS` rows at a time: at these shapes (rows x vocab by vocab x d_model) oneDNN's AMX
+    kernel runs at half speed from 512 to 1024 rows and at full speed below and above (torch 2.13;
+    bench/README.md, "The LM head's input gradient"): a chunk of 1024 rows goes as four of 256."""
+    if grad_logits.dtype == torch.bfloat16 and grad_logits.device.type == "cpu":
+        for s in range(0, grad_logits.shape[0], _BF16_ROWS):
+            torch.mm(grad_logits[s : s + _BF16_ROWS], w, out=out[s : s + _BF16_ROWS])
+    elif linear is None:
+        torch.mm(grad_logits, w, out=out)
+    else:
+        out.copy_(linear(grad_logits, w.T))
 
 
 def _softmax_(logits, upcast, bf16_kernel, target_ids, ok, h, w):
@@ -196,10 +210,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             ce_sum = torch.zeros((), dtype=acc_dtype, device=h.device)
             z_sum = torch.zeros((), dtype=acc_dtype, device=h.device)
             grad_h = torch.empty_like(h) if needs_grad else None
-            grad_w = None
-            if needs_grad:  # not zeroed where the first chunk's matmul overwrites it
-                grad_w_dtype = _grad_weight_dtype(dtype, acc_dtype, weight.dtype, w.device)
-                grad_w = (torch.empty if dtype == grad_w_dtype else torch.zeros)(w.shape, dtype=grad_w_dtype, device=w.device)
+            grad_w = _weight_grad_buffer(w, acc_dtype, weight.dtype) if needs_grad else None
             # Every chunk's logits, then its gradient, are written into this one buffer: on a CPU a
             # fresh block this large would come from the OS, page-faulting anew for every chunk.
             # bf16 logits are upcast into a second, fp32 one, for the same reason.
@@ -222,16 +233,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 row_scale = torch.where(ok, lse_factor / div, 0.0)[:, None]
                 label_term = torch.where(ok, -1.0 / lse_factor, 0.0)  # lse's dtype: acc_dtype
                 grad_logits = _grad_logits_(probs, target_ids, target, lse, label_term, buffer[: e - s])
-                if dtype == torch.bfloat16 and h.device.type == "cpu":
-                    _bf16_rows_times(grad_logits, w, out=grad_h[s:e])
-                else:
-                    torch.mm(grad_logits, w, out=grad_h[s:e])
+                _input_grad_(grad_logits, w, grad_h[s:e])
                 grad_h[s:e].mul_(row_scale)
-                scaled_h = h[s:e] * row_scale.to(dtype)
-                if grad_w.dtype == dtype:  # beta 0 on the first chunk, which overwrites what was there
-                    grad_w.addmm_(grad_logits.T, scaled_h, beta=1 if s else 0)
-                else:  # a bf16 matmul, accumulated across chunks in fp32
-                    grad_w += grad_logits.T @ scaled_h
+                _add_to_weight_grad_(grad_w, grad_logits, h[s:e] * row_scale.to(dtype), first=s == 0)
             ce, z = ce_sum / div, z_mult * z_sum / div
         if needs_grad:
             ctx.save_for_backward(grad_h, grad_w)
