@@ -22,18 +22,9 @@ import torch
 from torch import Tensor
 
 
-def softmax_rows_(logits: Tensor) -> Tensor:
-    """The plain formula: overwrite (N, V) `logits` with their softmax over V (computed in fp32
-    at least), return the (N,) log-sum-exps in that dtype."""
-    upcast = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    lse = torch.logsumexp(upcast, dim=-1)
-    logits.copy_(torch.softmax(upcast, dim=-1))
-    return lse
-
-
 def compiled_softmax_rows_(logits: Tensor) -> Tensor:
-    """`softmax_rows_` as one inductor kernel (torch.compile; the first call compiles it, for any
-    number of rows)."""
+    """`plain.softmax_rows_` as one inductor kernel (torch.compile; the first call compiles it,
+    for any number of rows)."""
     row_max, row_sum = _compiled()(logits)
     return row_max + row_sum.log()
 

@@ -36,6 +36,15 @@ def swiglu(x: Tensor) -> Tensor:
     return F.silu(gate) * up
 
 
+def softmax_rows_(logits: Tensor) -> Tensor:
+    """Overwrite (N, V) `logits` with their softmax over V (computed in fp32 at least), return the
+    (N,) log-sum-exps in that dtype: the fused loss's pass over a chunk of logits."""
+    upcast = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    lse = torch.logsumexp(upcast, dim=-1)
+    logits.copy_(torch.softmax(upcast, dim=-1))
+    return lse
+
+
 def causal_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
     """Causal SDPA, or SDPA under `mask` ((B, 1, T, T) boolean, True = may attend: the caller's
     restriction of causal attention, e.g. a packed batch's documents, taken as given); q:
