@@ -158,7 +158,8 @@ def run_interleaved(method: str, tmp: Path, rows: list[dict], ours: OlmolabSide,
                   learning_rate=1e-5, lr_scheduler_type="constant", weight_decay=0.0, adam_beta2=0.999,
                   max_grad_norm=1.0, report_to="none", save_strategy="no", logging_steps=10**6, use_cpu=True,
                   dataloader_num_workers=0, max_length=seq_len, seed=0, disable_tqdm=True,
-                  bf16=precision == "bf16")  # fp32 weights, bf16 autocast
+                  bf16=precision == "bf16",  # fp32 weights, bf16 autocast (TRL's configs default to True)
+                  gradient_checkpointing=False)  # as olmolab's side (TRL's configs default to True: recomputation)
     if method == "sft":
         if padding_free:  # TRL enforces no max_length then; every conversation here fits it
             common["max_length"] = None

@@ -4,6 +4,7 @@ import json
 import math
 from collections import Counter
 
+import numpy as np
 import pytest
 import torch
 
@@ -54,19 +55,50 @@ def test_dpo_loss_and_its_gradient_match_a_plain_implementation(loss_type, eps):
     torch.testing.assert_close(out.chosen_rewards, beta * (scores[0] - refs[:, 0]).detach())
 
 
-def test_turn_scores_are_the_summed_or_mean_log_probs_of_the_labelled_tokens():
+def preference_pairs(tokenizer):
+    """Pairs with one or two turns before the scored one, answers of different lengths, and
+    answers that begin alike."""
+    first = [{"role": "user", "content": "1 + 1?"}, {"role": "assistant", "content": "2"},
+             {"role": "user", "content": "Double it."}]
+    second = [{"role": "system", "content": "Answer with a number."}, {"role": "user", "content": "What is 12 + 1?"}]
+    answer = lambda text: [{"role": "assistant", "content": text}]  # noqa: E731
+    rows = [(first + answer("4"), first + answer("5 or so")), (second + answer("13"), second + answer("12")),
+            (second + answer("13, since 12 + 1 is 13"), second + answer("13"))]
+    return dpo.tokenize_pairs(rows, tokenizer, 1000, "truncate", Counter())
+
+
+@pytest.mark.parametrize("share_prefix", [True, False])
+def test_pair_scores_are_each_turns_log_probs_as_if_its_conversation_were_alone(chat_tokenizer, share_prefix):
     from olmolab import ModelConfig, Transformer
 
+    torch.manual_seed(0)
     model = Transformer(ModelConfig.preset("olmo2-tiny")).eval()
-    ids = torch.randint(2, 500, (2, 9))
-    labels = torch.full_like(ids, IGNORE_INDEX)
-    labels[0, 3:8], labels[1, 6:8] = ids[0, 4:9], ids[1, 7:9]
-    logps = model(ids).log_softmax(-1)
-    expected = [logps[0, 3:8].gather(1, ids[0, 4:9, None]).sum(), logps[1, 6:8].gather(1, ids[1, 7:9, None]).sum()]
+    pairs = preference_pairs(chat_tokenizer)
+    batch = dpo.collate_pairs(pairs, pad_id=1, share_prefix=share_prefix)
+    alone = []  # per pair, per side: the summed log-probs and the count of the scored tokens
+    for pair in pairs:
+        for side in (pair.chosen, pair.rejected):
+            log_probs = model(torch.as_tensor(side.ids)[None])[0].log_softmax(-1)
+            targets = torch.as_tensor(side.trained[1:]).nonzero().flatten() + 1
+            alone.append((log_probs[targets - 1, torch.as_tensor(side.ids)[targets]].sum(), len(targets)))
     with torch.no_grad():
-        torch.testing.assert_close(dpo.turn_scores(model, ids, labels, average=False), torch.stack(expected))
-        torch.testing.assert_close(dpo.turn_scores(model, ids, labels, average=True),
-                                   torch.stack([expected[0] / 5, expected[1] / 2]))
+        for average in (False, True):
+            scores = torch.stack(dpo.pair_scores(model, batch, average), dim=1).flatten()
+            expected = torch.stack([total / (n if average else 1) for total, n in alone])
+            torch.testing.assert_close(scores, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_pair_computes_its_prompt_once_and_each_side_the_token_before_its_answer(chat_tokenizer):
+    pairs = preference_pairs(chat_tokenizer)
+    batch = dpo.collate_pairs(pairs, pad_id=1)
+    for b, pair in enumerate(pairs):
+        first_answer_token = int(pair.chosen.trained.argmax())
+        assert dpo.shared_prefix_length(pair) == first_answer_token - 1  # the prompt but its last token
+        stream_length = len(pair.chosen.ids) + len(pair.rejected.ids) - (first_answer_token - 1)
+        assert (batch["input_ids"][b, :stream_length] == torch.as_tensor(
+            np.concatenate([pair.chosen.ids, pair.rejected.ids[first_answer_token - 1:]]))).all()
+    unshared = dpo.collate_pairs(pairs, pad_id=1, share_prefix=False)
+    assert batch["input_ids"].shape[1] < unshared["input_ids"].shape[1]
 
 
 def test_pairs_that_differ_before_the_last_turn_are_an_error_naming_the_line(tmp_path):
@@ -86,9 +118,10 @@ def test_only_the_last_assistant_turn_is_scored(chat_tokenizer):
     rows = [(turns + [{"role": "assistant", "content": "4"}], turns + [{"role": "assistant", "content": "5"}])]
     (pair,) = dpo.tokenize_pairs(rows, chat_tokenizer, 1000, "truncate", Counter())
     batch = dpo.collate_pairs([pair], pad_id=1)
-    for side, answer in (("chosen", "4"), ("rejected", "5")):
-        labels = batch[f"{side}_labels"][0]
-        assert chat_tokenizer.decode(labels[labels != IGNORE_INDEX].tolist()) == answer + "<|endoftext|>"
+    labels, rejected = batch["labels"][0], batch["rejected"][0]
+    for side, answer in ((~rejected, "4"), (rejected, "5")):
+        scored = labels[side & (labels != IGNORE_INDEX)]
+        assert chat_tokenizer.decode(scored.tolist()) == answer + "<|endoftext|>"
 
 
 def test_dpo_caches_the_reference_before_training_reuses_it_on_resume_and_logs_rewards(dpo_config, tmp_path,

@@ -36,6 +36,7 @@ from olmolab.model.config import ModelConfig
 from olmolab.model.kv_cache import Cache
 from olmolab.model.label_log_probs import linear_label_log_probs
 from olmolab.model.loss import IGNORE_INDEX, LMLoss, linear_cross_entropy
+from olmolab.model.shared_prefix import SharedPrefix
 
 LogitsAt = Literal["all", "last"] | tuple[Tensor, Tensor]
 """Where `Transformer.logits` runs the LM head: every position, the last one, or the given
@@ -121,6 +122,7 @@ class Attention(nn.Module):
         rope: tuple[Tensor, Tensor],
         mask: Tensor | None,
         cache: Cache | None,
+        shared_prefix: SharedPrefix | None = None,
     ) -> Tensor:
         B, T, _ = x.shape
         q, k, v = self.w_qkv(x).split([self.d_model, self.kv_dim, self.kv_dim], dim=-1)
@@ -133,6 +135,9 @@ class Attention(nn.Module):
         q = rotary(q.view(B, T, self.n_heads, self.head_dim), *rope)  # (B, T, nh, hd)
         k = rotary(k.view(B, T, self.n_kv_heads, self.head_dim), *rope)  # (B, T, nkv, hd)
         v = v.view(B, T, self.n_kv_heads, self.head_dim)
+        if shared_prefix is not None:  # each conversation of the stream attends within a row of its own
+            q, k, v = (shared_prefix.gather_rows(t) for t in (q, k, v))  # (rows, S, heads, hd)
+            T = q.shape[1]
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, heads, T, hd)
         if cache is not None:
             k, v = cache.write(self.layer, k, v)  # (B, nkv, S, hd): the cached keys, then these
@@ -140,7 +145,10 @@ class Attention(nn.Module):
             y = kernel("causal_attention")(q, k, v, mask)  # SDPA(is_causal=True), or under the mask
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.n_kv_heads != self.n_heads)
-        return self.w_out(y.transpose(1, 2).reshape(B, T, self.d_model))
+        y = y.transpose(1, 2).flatten(2)  # (B, T, d)
+        if shared_prefix is not None:  # back to the stream: each token's output from its conversation's row
+            y = shared_prefix.gather_outputs(y)
+        return self.w_out(y)
 
 
 class FeedForward(nn.Module):
@@ -164,12 +172,12 @@ class Block(nn.Module):
         self.attention_norm = Norm(config.norm, config.d_model, config.norm_eps)
         self.feed_forward_norm = Norm(config.norm, config.d_model, config.norm_eps)
 
-    def forward(self, x: Tensor, rope, mask=None, cache=None) -> Tensor:
+    def forward(self, x: Tensor, rope, mask=None, cache=None, shared_prefix=None) -> Tensor:
         if self.norm_placement == "pre":  # OLMo 1: normalise what goes into each sub-layer
-            h = x + self.attention(self.attention_norm(x), rope, mask, cache)
+            h = x + self.attention(self.attention_norm(x), rope, mask, cache, shared_prefix)
             return h + self.feed_forward(self.feed_forward_norm(h))
         # OLMo 2: normalise what comes out of each sub-layer, before the residual add
-        h = x + self.attention_norm(self.attention(x, rope, mask, cache))
+        h = x + self.attention_norm(self.attention(x, rope, mask, cache, shared_prefix))
         return h + self.feed_forward_norm(self.feed_forward(h))
 
 
@@ -203,21 +211,23 @@ class Transformer(nn.Module):
 
     @overload
     def forward(self, input_ids: Tensor, labels: Tensor, *, positions: Tensor | None = None,
-                attn_mask: Tensor | None = None, label_log_probs: Literal[True]) -> Tensor: ...
+                attn_mask: Tensor | None = None, shared_prefix: SharedPrefix | None = None,
+                label_log_probs: Literal[True]) -> Tensor: ...
 
-    def forward(self, input_ids, labels=None, *, positions=None, attn_mask=None, at="all", z_loss_multiplier=0.0,
-                loss_div_factor=None, label_log_probs=False):
+    def forward(self, input_ids, labels=None, *, positions=None, attn_mask=None, shared_prefix=None, at="all",
+                z_loss_multiplier=0.0, loss_div_factor=None, label_log_probs=False):
         """Logits (B, T, embedding_size) (or at the positions `at` selects, see `logits`), or with
         `labels` the loss without materialising them, or with `label_log_probs` too each label's
         log-probability (B, T) (0 where ignored; see `label_log_probs`).
 
         labels: (B, T) target ids aligned with the inputs (already shifted; -100 = ignore).
-        positions, attn_mask: see `trunk` (packed sequences: RoPE restarting, no attention across
-        documents). z_loss_multiplier, loss_div_factor: see `loss`.
+        positions, attn_mask, shared_prefix: see `trunk` (packed sequences: RoPE restarting, no
+        attention across documents; conversations sharing a prefix). z_loss_multiplier,
+        loss_div_factor: see `loss`.
         Training goes through `forward` because it is what DDP and FSDP wrap; decoding calls
         `trunk` with a cache, then `logits` at the last position.
         """
-        hidden = self.trunk(input_ids, positions=positions, attn_mask=attn_mask)
+        hidden = self.trunk(input_ids, positions=positions, attn_mask=attn_mask, shared_prefix=shared_prefix)
         if labels is None:
             return self.logits(hidden, at)
         if label_log_probs:
@@ -231,6 +241,7 @@ class Transformer(nn.Module):
         positions: Tensor | None = None,
         attn_mask: Tensor | None = None,
         cache: Cache | None = None,
+        shared_prefix: SharedPrefix | None = None,
     ) -> Tensor:
         """The final norm's output, (B, T, d_model): everything but the LM head.
 
@@ -238,7 +249,12 @@ class Transformer(nn.Module):
             after the cached ones.
         attn_mask: boolean (B, 1, T, S), True = may attend; default causal (over the cache).
         cache: a KVCache or StaticKVCache to read from and append to (generation).
+        shared_prefix: the rows are streams of conversations that share their first tokens,
+            each attending only within itself (`olmolab.model.shared_prefix`); positions then
+            count per conversation.
         """
+        if shared_prefix is not None and (attn_mask is not None or cache is not None or positions is None):
+            raise ValueError("shared_prefix takes the conversations' positions, and no attn_mask or cache")
         T = input_ids.shape[1]
         if cache is not None:  # the new tokens come after the cached ones
             positions = cache.positions(T) if positions is None else positions
@@ -246,7 +262,7 @@ class Transformer(nn.Module):
         x = self.embeddings(input_ids)  # (B, T, d)
         rope = self.rope.tables(slice(0, T) if positions is None else positions, input_ids.device)
         for block in self.blocks:
-            x = block(x, rope, attn_mask, cache)
+            x = block(x, rope, attn_mask, cache, shared_prefix)
         if cache is not None:
             cache.advance(T)
         return self.norm(x)

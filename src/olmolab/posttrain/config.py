@@ -86,6 +86,9 @@ class DPOConfig(ChatDataConfig):
     beta: float = 5.0
     label_smoothing: float = 0.0
     """The probability that a preference label is flipped (conservative DPO); 0 = plain DPO."""
+    share_prefix: bool = True
+    """Compute the tokens both conversations of a pair begin with (the prompt) once, not twice
+    (olmolab.model.shared_prefix): the same scores, less work. false: each conversation whole."""
 
     def validate(self, section: str) -> None:
         super().validate(section)

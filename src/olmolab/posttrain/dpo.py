@@ -13,6 +13,10 @@ mean, so long answers are not favoured. Logged: rewards/chosen = β (π_chosen -
 rewards/rejected likewise, their margin, the share of pairs with chosen > rejected
 (rewards/accuracy), and the policy's log-probs.
 
+A pair goes through the model as one row, its two conversations' shared beginning (everything
+before the scored turn) computed once (`olmolab.model.shared_prefix`; `share_prefix: false`
+computes both whole, for comparison): each token is computed as in its conversation alone.
+
 The reference is the model training starts from (trainer.load_path). Its scores never change,
 so they are computed once, before the first step, into RUN_DIR/reference_logps-<key>.pt (the
 key hashes the tokenized data and the reference's weight files), and the reference is freed:
@@ -35,6 +39,7 @@ from torch import Tensor
 
 from olmolab import model_files
 from olmolab.model.loss import IGNORE_INDEX
+from olmolab.model.shared_prefix import SharedPrefix, layout, stream
 from olmolab.posttrain.batches import pad_rows
 from olmolab.posttrain.chat_data import preference_row, read_rows
 from olmolab.posttrain.config import DPOConfig
@@ -61,13 +66,19 @@ def dpo_loss(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor,
     return DPOLoss(losses, beta * (policy_chosen - ref_chosen).detach(), beta * (policy_rejected - ref_rejected).detach())
 
 
-def turn_scores(model, input_ids: Tensor, labels: Tensor, average: bool) -> Tensor:
-    """(B,) each row's summed (or, with `average`, mean) log-prob of its labelled tokens.
-    Only the labelled positions go through the LM head (`Transformer.label_log_probs`)."""
-    sums = model(input_ids, labels, label_log_probs=True).sum(dim=1)
-    if not average:
-        return sums
-    return sums / (labels != IGNORE_INDEX).sum(dim=1).clamp(min=1)
+def pair_scores(model, batch: dict[str, Tensor], average: bool) -> tuple[Tensor, Tensor]:
+    """(B,) scores of the chosen and of the rejected turns of a batch of pairs (`collate_pairs`):
+    each turn's summed (or, with `average`, mean) token log-probs. Only the labelled positions
+    go through the LM head (`Transformer.label_log_probs`)."""
+    labels = batch["labels"]
+    log_probs = model(batch["input_ids"], labels, positions=batch["positions"], label_log_probs=True,
+                      shared_prefix=SharedPrefix(batch["rows"], batch["outputs"]))  # 0 where unlabelled
+    labelled = labels != IGNORE_INDEX
+    scores = []
+    for side in (labelled & ~batch["rejected"], labelled & batch["rejected"]):
+        sums = torch.where(side, log_probs, 0.0).sum(dim=1)
+        scores.append(sums / side.sum(dim=1).clamp(min=1) if average else sums)
+    return scores[0], scores[1]
 
 
 # ---------------------------------------------------------------------- the data
@@ -92,14 +103,41 @@ def tokenize_pairs(rows: list, tokenizer, max_seq_len: int, overlong: str, count
     return pairs
 
 
-def collate_pairs(pairs: list[PreferencePair], pad_id: int) -> dict[str, Tensor]:
-    """Chosen and rejected sides, padded to one length (they go through the model together)."""
-    length = max(len(e.ids) for p in pairs for e in (p.chosen, p.rejected))
-    batch = {}
-    for side in ("chosen", "rejected"):
-        examples = [getattr(p, side) for p in pairs]
-        batch[f"{side}_input_ids"] = pad_rows([e.ids for e in examples], pad_id, length)
-        batch[f"{side}_labels"] = pad_rows([segment_labels(e) for e in examples], IGNORE_INDEX, length)
+def shared_prefix_length(pair: PreferencePair) -> int:
+    """How many first tokens the pair's two conversations share and neither scores: their common
+    token prefix, ending before the first position that predicts a scored token (the last prompt
+    token predicts each side's first answer token, so each side keeps its own copy of it)."""
+    a, b = pair.chosen, pair.rejected
+    n = min(len(a.ids), len(b.ids))
+    differ = np.flatnonzero(a.ids[:n] != b.ids[:n])
+    common = int(differ[0]) if len(differ) else n
+    first_scored = min(int(np.argmax(e.trained)) for e in (a, b)) - 1  # the position predicting it
+    return max(0, min(common, first_scored))
+
+
+def pair_stream(pair: PreferencePair, share_prefix: bool) -> tuple[int, dict[str, np.ndarray]]:
+    """(the shared prefix's length, the pair's stream row of input_ids, labels and `rejected`)."""
+    P = shared_prefix_length(pair) if share_prefix else 0
+    c, r = pair.chosen, pair.rejected
+    return P, {"input_ids": stream(P, [c.ids, r.ids]),
+               "labels": stream(P, [segment_labels(c), segment_labels(r)]),
+               "rejected": stream(P, [np.zeros(len(c.ids), dtype=bool), np.ones(len(r.ids), dtype=bool)])}
+
+
+def collate_pairs(pairs: list[PreferencePair], pad_id: int, share_prefix: bool = True) -> dict[str, Tensor]:
+    """Each pair as one stream row, [shared prefix | chosen's rest | rejected's rest], padded:
+    input_ids, labels, `rejected` (which positions are the rejected side's), RoPE positions and
+    the attention rows and outputs (`olmolab.model.shared_prefix`). Without `share_prefix` the
+    prefix is empty: both conversations whole, one after the other."""
+    streams = [pair_stream(p, share_prefix) for p in pairs]
+    T = max(len(s["input_ids"]) for _, s in streams)
+    S = max(len(e.ids) for p in pairs for e in (p.chosen, p.rejected))
+    batch = {key: pad_rows([s[key] for _, s in streams], pad, T)
+             for key, pad in (("input_ids", pad_id), ("labels", IGNORE_INDEX), ("rejected", 0))}
+    batch["rejected"] = batch["rejected"].bool()
+    layouts = [layout(P, [len(p.chosen.ids), len(p.rejected.ids)], T, S) for (P, _), p in zip(streams, pairs, strict=True)]
+    for i, key in enumerate(("positions", "rows", "outputs")):
+        batch[key] = torch.as_tensor(np.stack([arrays[i] for arrays in layouts]))
     return batch
 
 
@@ -119,13 +157,14 @@ def reference_key(data_fingerprint: str, reference_path: str) -> str:
 
 @torch.no_grad()
 def reference_scores(model, pairs: list[PreferencePair], pad_id: int, batch_size: int, average: bool,
-                     device) -> dict[str, Tensor]:
+                     device, share_prefix: bool = True) -> dict[str, Tensor]:
     """{"chosen", "rejected"}: (N,) fp32 scores of every pair's turns under `model`."""
     scores = {"chosen": [], "rejected": []}
     for start in range(0, len(pairs), batch_size):
-        batch = {k: v.to(device) for k, v in collate_pairs(pairs[start : start + batch_size], pad_id).items()}
-        for side in scores:
-            scores[side].append(turn_scores(model, batch[f"{side}_input_ids"], batch[f"{side}_labels"], average).cpu())
+        batch = collate_pairs(pairs[start : start + batch_size], pad_id, share_prefix)
+        for side, values in zip(scores, pair_scores(model, {k: v.to(device) for k, v in batch.items()}, average),
+                                strict=True):
+            scores[side].append(values.cpu())
     return {side: torch.cat(values) for side, values in scores.items()}
 
 
@@ -155,7 +194,7 @@ class DPOTrainer(PostTrainer):
             reference = model_files.load_model(self.config.trainer.load_path, device=self.device)
             scores = reference_scores(reference, self.examples, self.config.model.pad_token_id,
                                       self.config.trainer.micro_batch_size, self.config.data.loss == "dpo_norm",
-                                      self.device)
+                                      self.device, self.config.data.share_prefix)
             del reference
             self.run_dir.mkdir(parents=True, exist_ok=True)
             tmp = Path(f"{path}.tmp")
@@ -165,7 +204,8 @@ class DPOTrainer(PostTrainer):
         return torch.load(path)
 
     def collate(self, items: list[int]) -> dict[str, Tensor]:
-        batch = collate_pairs([self.examples[i] for i in items], self.config.model.pad_token_id)
+        batch = collate_pairs([self.examples[i] for i in items], self.config.model.pad_token_id,
+                              self.config.data.share_prefix)
         index = torch.as_tensor(items)
         return batch | {"ref_chosen": self.reference["chosen"][index], "ref_rejected": self.reference["rejected"][index]}
 
@@ -176,9 +216,8 @@ class DPOTrainer(PostTrainer):
 
         def micro_loss(rows: slice):
             # both sides in one forward: DDP expects one forward per backward
-            ids = torch.cat([batch["chosen_input_ids"][rows], batch["rejected_input_ids"][rows]])
-            labels = torch.cat([batch["chosen_labels"][rows], batch["rejected_labels"][rows]])
-            chosen, rejected = turn_scores(self.model, ids, labels, section.loss == "dpo_norm").chunk(2)
+            chosen, rejected = pair_scores(self.model, {k: v[rows] for k, v in batch.items()},
+                                           section.loss == "dpo_norm")
             out = dpo_loss(chosen, rejected, batch["ref_chosen"][rows], batch["ref_rejected"][rows],
                            section.beta, section.label_smoothing)
             # DDP / FSDP average the ranks' gradients: each rank divides by its share of the pairs.
