@@ -94,7 +94,8 @@ class OlmolabSide:
             method: {"paths": [str(data)], "max_seq_len": seq_len} | section,
             "trainer": {"load_path": str(tmp / "olmolab"), "run_dir": str(tmp / f"run-{method}"),
                         "global_batch_size": batch, "micro_batch_size": batch, "max_steps": steps,
-                        "save_interval": None, "progress": False, "precision": precision},  # as TRL's side
+                        "save_interval": None, "progress": False, "precision": precision,  # as TRL's side
+                        "max_grad_norm": 1.0},  # as TRL's (post-training's default is none, the same work: the norm is logged)
             "optim": {"lr": 1e-5, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0},  # as TRL's
             "scheduler": {"name": "constant"},
         }
