@@ -44,13 +44,6 @@ class SharedPrefix:
     rows: Tensor
     outputs: Tensor
 
-    def __getitem__(self, index: slice) -> SharedPrefix:
-        """The layout of stream rows `index` (a micro-batch)."""
-        return SharedPrefix(self.rows[index], self.outputs[index])
-
-    def to(self, device) -> SharedPrefix:
-        return SharedPrefix(self.rows.to(device), self.outputs.to(device))
-
     def gather_rows(self, t: Tensor) -> Tensor:
         """(B, T, ...) stream activations -> (B * K, S, ...) attention rows."""
         B, K, S = self.rows.shape
