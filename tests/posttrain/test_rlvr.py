@@ -15,7 +15,7 @@ import yaml
 from olmolab.cli import main
 from olmolab.posttrain import verifiers
 from olmolab.posttrain.chat_data import BadRow
-from olmolab.posttrain.rlvr import response_batch, rlvr_row, token_logps, tokenize_prompts
+from olmolab.posttrain.rlvr import response_streams, rlvr_row, token_logps, tokenize_prompts
 from olmolab.revisions import list_revisions
 from olmolab.train.metrics import read_metrics
 
@@ -44,12 +44,21 @@ def rlvr_config(tmp_path, base_checkpoint):
     return make
 
 
-def test_response_labels_are_the_response_tokens_only():
+@pytest.mark.parametrize("share_prefix", [True, False])
+def test_a_groups_responses_are_one_stream_labelled_with_the_response_tokens_only(share_prefix):
     import numpy as np
 
-    ids, labels = response_batch([np.array([5, 6, 7]), np.array([5, 6])], [[8, 9], [10, 11, 12]], pad_id=1)
-    assert ids.tolist() == [[5, 6, 7, 8, 9], [5, 6, 10, 11, 12]]
-    assert labels.tolist() == [[-100, -100, 8, 9, -100], [-100, 10, 11, 12, -100]]
+    batch = response_streams([np.array([5, 6, 7]), np.array([5, 6])], [[8, 9], [10], [11, 12, 13], []], pad_id=1,
+                             share_prefix=share_prefix)
+    if share_prefix:  # the prompt but its last token once, then each response after its own copy of it
+        assert batch["input_ids"].tolist() == [[5, 6, 7, 8, 9, 7, 10], [5, 6, 11, 12, 13, 6, 1]]
+        assert batch["labels"].tolist() == [[-100, -100, 8, 9, -100, 10, -100], [-100, 11, 12, 13, -100, -100, -100]]
+        assert batch["sample"].tolist() == [[-1, -1, 0, 0, 0, 1, 1], [-1, 0, 0, 0, 0, 1, -1]]
+        assert batch["positions"][0].tolist() == [0, 1, 2, 3, 4, 2, 3]
+    else:
+        assert batch["input_ids"].tolist() == [[5, 6, 7, 8, 9, 5, 6, 7, 10], [5, 6, 11, 12, 13, 5, 6, 1, 1]]
+        assert batch["labels"].tolist() == [[-100, -100, 8, 9, -100, -100, -100, 10, -100],
+                                            [-100, 11, 12, 13, -100, -100, -100, -100, -100]]
 
 
 def test_token_logps_are_the_full_forwards_log_probs_of_the_labels():
@@ -101,7 +110,7 @@ def test_the_loss_scores_each_response_token_as_the_sampler_drew_it(tmp_path, ch
     monkeypatch.setattr(decode, "next_token", recording)
     batch, _ = trainer.rollout(list(range(4)))
     monkeypatch.undo()
-    sampled = [[] for _ in range(len(batch["input_ids"]))]
+    sampled = [[] for _ in drawn[0][0]]  # per response, in the batch's order (group by group)
     running = list(range(len(sampled)))  # a row leaves the batch after its EOS
     for tokens, logps in drawn:
         for row, logp in zip(running, logps.tolist(), strict=True):

@@ -1,7 +1,8 @@
 """Conversations that share their beginning, computed once (prefix sharing).
 
-A DPO pair is two conversations that differ only in their last turn, and the prompt before it
-is usually a large share of both. Laid out as one *stream* row,
+A DPO pair is two conversations that differ only in their last turn, and a GRPO group is a
+prompt's K sampled responses; the prompt is usually a large share of each. Laid out as one
+*stream* row,
 
     stream:  [ prefix | suffix 1 | suffix 2 | padding ]
     rows:    [ prefix | suffix 1 ]          (conversation 1, as it would be alone)

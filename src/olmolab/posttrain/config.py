@@ -107,6 +107,9 @@ class RLVRConfig(ChatDataConfig):
 
     samples_per_prompt: int = 16
     """G: responses sampled per prompt (a group)."""
+    share_prefix: bool = True
+    """Score a group's responses as one stream row, the prompt computed once for all of them
+    (olmolab.model.shared_prefix): the same log-probs, less work. false: each conversation whole."""
     response_length: int = 256
     """At most this many response tokens; a response still going then is cut off."""
     temperature: float = 1.0

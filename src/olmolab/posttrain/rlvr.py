@@ -15,6 +15,10 @@ share of the step's prompts (trainer.global_batch_size of them) and
 3. takes `updates_per_rollout` optimizer steps on GRPO's per-token loss (olmolab.posttrain.grpo),
    with the reference log-probs from the frozen starting model (trainer.load_path).
 
+The policy, the sampling policy and the reference score a prompt's group of responses as one
+stream row, the prompt computed once for all of them (`share_prefix`, olmolab.model.shared_prefix):
+each response's log-probs are those of its conversation alone.
+
 Sampling is seeded by (rlvr.seed, step, rank): ranks draw different samples, and a resumed run
 samples what the uninterrupted run would have (after a SIGKILL too: the step is in the revision).
 Under torchrun every rank samples its share of the prompts: with DDP from its own replica, with
@@ -42,6 +46,7 @@ from olmolab import Transformer, model_files
 from olmolab.errors import UserError
 from olmolab.generation import GenerationConfig, generate
 from olmolab.model.loss import IGNORE_INDEX
+from olmolab.model.shared_prefix import SharedPrefix, layout, stream
 from olmolab.posttrain.batches import pad_rows
 from olmolab.posttrain.chat_data import BadRow, check_messages, read_rows
 from olmolab.posttrain.config import RLVRConfig
@@ -91,27 +96,48 @@ def tokenize_prompts(rows: list, tokenizer, max_prompt_len: int, counts: Counter
 # ---------------------------------------------------------------------- log-probs
 
 
-def response_batch(prompts: list[np.ndarray], responses: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
-    """(input_ids, labels), both (N, T): prompt + response right-padded, and as labels the next
-    token where that is a response token (IGNORE_INDEX elsewhere)."""
-    input_ids = pad_rows([[*p.tolist(), *r] for p, r in zip(prompts, responses, strict=True)], pad_id)
-    labels = torch.full_like(input_ids, IGNORE_INDEX)
-    for i, (prompt, response) in enumerate(zip(prompts, responses, strict=True)):
-        start = len(prompt) - 1  # the position that predicts the first response token
-        labels[i, start : start + len(response)] = torch.as_tensor(response)
-    return input_ids, labels
+def response_streams(prompts: list[np.ndarray], responses: list[list[int]], pad_id: int,
+                     share_prefix: bool = True) -> dict[str, Tensor]:
+    """Each prompt's group of responses (`responses` holds len(responses) // len(prompts) per
+    prompt, in order) as one stream row (`olmolab.model.shared_prefix`): the prompt once but its
+    last token, then each response after its own copy of that token (it predicts the response's
+    first). input_ids; labels, the next token where that is a response token (IGNORE_INDEX
+    elsewhere); `sample`, which response of the group a position belongs to (-1 on the shared
+    prompt and padding); RoPE positions and the attention rows and outputs. Without
+    `share_prefix` each conversation comes whole."""
+    group = len(responses) // len(prompts)
+    rows = []  # per prompt: (prefix, conversations' lengths, ids, labels, sample)
+    for g, prompt in enumerate(prompts):
+        conversations, labels = [], []
+        for response in responses[g * group : (g + 1) * group]:
+            conversations.append(np.concatenate([prompt, np.asarray(response, dtype=np.int64)]))
+            labels.append(np.full(len(conversations[-1]), IGNORE_INDEX, dtype=np.int64))
+            labels[-1][len(prompt) - 1 : len(prompt) - 1 + len(response)] = response
+        prefix = len(prompt) - 1 if share_prefix else 0
+        sample = stream(prefix, [np.full(len(c), k) for k, c in enumerate(conversations)])
+        sample[:prefix] = -1
+        rows.append((prefix, [len(c) for c in conversations], stream(prefix, conversations), stream(prefix, labels), sample))
+    T = max(len(ids) for _, _, ids, _, _ in rows)
+    S = max(max(lengths) for _, lengths, _, _, _ in rows)
+    batch = {key: pad_rows([row[i] for row in rows], pad, T)
+             for key, i, pad in (("input_ids", 2, pad_id), ("labels", 3, IGNORE_INDEX), ("sample", 4, -1))}
+    layouts = [layout(prefix, lengths, T, S) for prefix, lengths, *_ in rows]
+    for i, key in enumerate(("positions", "rows", "outputs")):
+        batch[key] = torch.as_tensor(np.stack([arrays[i] for arrays in layouts]))
+    return batch
 
 
 def token_logps(model, input_ids: Tensor, labels: Tensor, *, temperature: float = 1.0,
-                vocab_size: int | None = None) -> Tensor:
-    """(N, T) the log-prob of each label (0 where there is none) under the distribution the
+                vocab_size: int | None = None, positions: Tensor | None = None,
+                shared_prefix: SharedPrefix | None = None) -> Tensor:
+    """(B, T) the log-prob of each label (0 where there is none) under the distribution the
     sampler draws from: softmax(logits / temperature) over the first `vocab_size` ids (the rest
     of the embedding is padding `generate` never picks). Only labelled positions go through the
-    LM head."""
-    rows, positions = (labels != IGNORE_INDEX).nonzero(as_tuple=True)
-    logits = model(input_ids, at=(rows, positions)).float()[:, :vocab_size] / temperature  # (n, V)
-    picked = logits.log_softmax(-1).gather(1, labels[rows, positions][:, None]).squeeze(1)
-    return torch.zeros(labels.shape, dtype=picked.dtype, device=picked.device).index_put((rows, positions), picked)
+    LM head. positions, shared_prefix: the rows are streams (`response_streams`)."""
+    at = (labels != IGNORE_INDEX).nonzero(as_tuple=True)
+    logits = model(input_ids, at=at, positions=positions, shared_prefix=shared_prefix).float()[:, :vocab_size]
+    picked = (logits / temperature).log_softmax(-1).gather(1, labels[at][:, None]).squeeze(1)
+    return torch.zeros(labels.shape, dtype=picked.dtype, device=picked.device).index_put(at, picked)
 
 
 # ---------------------------------------------------------------------- training
@@ -179,12 +205,17 @@ class RLVRTrainer(PostTrainer):
         rewards = rewards_of(scores, finished, section.verification_reward, section.cutoff_reward)
         advantages, kept = group_advantages(rewards.view(-1, group), section.advantage_normalization)
 
-        input_ids, labels = response_batch([p.ids for p in prompts], responses, self.config.model.pad_token_id)
-        input_ids, labels = input_ids.to(self.device), labels.to(self.device)
-        batch = {"input_ids": input_ids, "labels": labels, "old_logps": None,
-                 "advantages": advantages.flatten().to(self.device), "kept": kept.repeat_interleave(group).to(self.device)}
+        batch = response_streams([self.examples[i].ids for i in items], responses, self.config.model.pad_token_id,
+                                 section.share_prefix)
+        # each response's advantage, and whether its group is kept, on each of its tokens
+        sample = batch.pop("sample")
+        response = sample >= 0
+        owner = torch.arange(len(items))[:, None] * group + sample.clamp(min=0)  # index into the group-major samples
+        batch |= {"advantages": torch.where(response, advantages.flatten()[owner], 0.0),
+                  "kept": response & kept.repeat_interleave(group)[owner]}
+        batch = {k: v.to(self.device) for k, v in batch.items()} | {"old_logps": None}
         batch["ref_logps"] = self._logps_in_micro_batches(self.reference, batch)
-        self.rollout_positions = input_ids.numel() * self.world_size
+        self.rollout_positions = batch["input_ids"].numel() * self.world_size
         if self.rank == 0 and section.sample_interval and (self.state.step + 1) % section.sample_interval == 0:
             self._write_samples(prompts, texts, scores, rewards)
         lengths = torch.tensor([len(r) for r in responses], dtype=torch.float32)
@@ -229,7 +260,7 @@ class RLVRTrainer(PostTrainer):
     def forward_backward(self, batch: dict) -> dict:
         section: RLVRConfig = self.config.data
         responses = batch["labels"] != IGNORE_INDEX
-        trained = responses & batch["kept"][:, None]  # dropped groups train nothing
+        trained = responses & batch["kept"]  # dropped groups train nothing
         trained_tokens = dist_utils.all_reduce_sum(trained.sum().float())
         global_tokens = trained_tokens.clamp(min=1)
         response_tokens = dist_utils.all_reduce_sum(responses.sum().float()).clamp(min=1)
@@ -238,9 +269,9 @@ class RLVRTrainer(PostTrainer):
             batch["old_logps"] = self._logps_in_micro_batches(self.model, batch)
 
         def micro_loss(rows: slice):
-            logps = self.sampling_logps(self.model, batch["input_ids"][rows], batch["labels"][rows])
+            logps = self.sampling_logps(self.model, batch, rows)
             old = logps.detach() if batch["old_logps"] is None else batch["old_logps"][rows]
-            out = grpo_token_loss(logps, old, batch["ref_logps"][rows], batch["advantages"][rows, None],
+            out = grpo_token_loss(logps, old, batch["ref_logps"][rows], batch["advantages"][rows],
                                   clip_low=section.clip_low, clip_high=section.clip_high, beta=section.beta)
             mask = trained[rows]
             # DDP / FSDP average the ranks' gradients: each rank divides by its share of the tokens.
@@ -249,32 +280,28 @@ class RLVRTrainer(PostTrainer):
             # KL over every response, dropped groups' too: how far the policy has drifted
             return loss, torch.stack([*logged, (out.kl * responses[rows]).sum()]).detach()
 
-        sums = self._accumulate_groups(micro_loss)
+        sums = self.accumulate(micro_loss)  # micro-batches of micro_batch_size prompts' streams
         loss, policy, clipped = (sums[:3] / global_tokens).tolist()
         return {"loss": loss, "policy_loss": policy, "clip_fraction": clipped, "kl": (sums[3] / response_tokens).item(),
                 "trained_tokens": trained_tokens.item()}
 
-    def _accumulate_groups(self, micro_loss) -> Tensor:
-        """The trainer's gradient accumulation, with micro-batches of micro_batch_size prompts' groups."""
-        group = self.config.data.samples_per_prompt
-        return self.accumulate(lambda rows: micro_loss(slice(rows.start * group, rows.stop * group)))
-
     @torch.no_grad()
     def _logps_in_micro_batches(self, model, batch: dict) -> Tensor:
         """`sampling_logps` of the whole batch under `model`, in the training's micro-batches and precision."""
-        micro = self.config.trainer.micro_batch_size * self.config.data.samples_per_prompt
+        micro = self.config.trainer.micro_batch_size
         with self._autocast():
-            return torch.cat([self.sampling_logps(model, batch["input_ids"][i : i + micro], batch["labels"][i : i + micro])
+            return torch.cat([self.sampling_logps(model, batch, slice(i, i + micro))
                               for i in range(0, len(batch["input_ids"]), micro)])
 
-    def sampling_logps(self, model, input_ids: Tensor, labels: Tensor) -> Tensor:
+    def sampling_logps(self, model, batch: dict, rows: slice) -> Tensor:
         """`token_logps` at the rollout's temperature: the policy, the sampling policy and the
         reference are each scored as the distribution responses are drawn from (open-instruct's
         grpo_fast divides the logits by the temperature too). Scored at temperature 1 instead, a
         rollout at 0.7 would push on the log-probs of a distribution nobody samples from, and the
         KL would be measured between two others."""
-        return token_logps(model, input_ids, labels, temperature=self.config.data.temperature,
-                           vocab_size=self.config.model.vocab_size)
+        return token_logps(model, batch["input_ids"][rows], batch["labels"][rows], temperature=self.config.data.temperature,
+                           vocab_size=self.config.model.vocab_size, positions=batch["positions"][rows],
+                           shared_prefix=SharedPrefix(batch["rows"][rows], batch["outputs"][rows]))
 
     def _write_samples(self, prompts: list[Prompt], texts: list[str], scores: Tensor, rewards: Tensor) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
