@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from olmolab.errors import UserError
+from olmolab.model.shared_prefix import layout
 
 
 def epoch_order(n_items: int, seed: int, epoch: int) -> np.ndarray:
@@ -77,3 +78,17 @@ def pad_rows(rows: Sequence[Sequence[int]], value: int, length: int | None = Non
     for i, row in enumerate(rows):
         out[i, : len(row)] = torch.as_tensor(row, dtype=torch.long)
     return out
+
+
+def stream_batch(streams: Sequence[tuple[int, list[int], dict[str, np.ndarray]]], pads: dict[str, int]) -> dict[str, torch.Tensor]:
+    """Stream rows (`olmolab.model.shared_prefix`) as a batch. A stream is (its conversations'
+    shared prefix length, their lengths, its per-token arrays by key); each array is right-padded
+    with `pads[key]` to the longest stream, and each stream's RoPE positions, attention rows and
+    outputs are added, every conversation's row padded to the longest conversation."""
+    T = max(len(arrays[key]) for _, _, arrays in streams for key in pads)
+    S = max(max(lengths) for _, lengths, _ in streams)
+    batch = {key: pad_rows([arrays[key] for _, _, arrays in streams], pad, T) for key, pad in pads.items()}
+    layouts = [layout(prefix, lengths, T, S) for prefix, lengths, _ in streams]
+    for i, key in enumerate(("positions", "rows", "outputs")):
+        batch[key] = torch.as_tensor(np.stack([arrays[i] for arrays in layouts]))
+    return batch

@@ -39,8 +39,8 @@ from torch import Tensor
 
 from olmolab import model_files
 from olmolab.model.loss import IGNORE_INDEX
-from olmolab.model.shared_prefix import SharedPrefix, layout, stream
-from olmolab.posttrain.batches import pad_rows
+from olmolab.model.shared_prefix import SharedPrefix, stream
+from olmolab.posttrain.batches import stream_batch
 from olmolab.posttrain.chat_data import preference_row, read_rows
 from olmolab.posttrain.config import DPOConfig
 from olmolab.posttrain.engine import PostTrainer
@@ -115,13 +115,15 @@ def shared_prefix_length(pair: PreferencePair) -> int:
     return max(0, min(common, first_scored))
 
 
-def pair_stream(pair: PreferencePair, share_prefix: bool) -> tuple[int, dict[str, np.ndarray]]:
-    """(the shared prefix's length, the pair's stream row of input_ids, labels and `rejected`)."""
+def pair_stream(pair: PreferencePair, share_prefix: bool) -> tuple[int, list[int], dict[str, np.ndarray]]:
+    """The pair as a stream (`stream_batch`): input_ids, labels and `rejected`."""
     P = shared_prefix_length(pair) if share_prefix else 0
     c, r = pair.chosen, pair.rejected
-    return P, {"input_ids": stream(P, [c.ids, r.ids]),
-               "labels": stream(P, [segment_labels(c), segment_labels(r)]),
-               "rejected": stream(P, [np.zeros(len(c.ids), dtype=bool), np.ones(len(r.ids), dtype=bool)])}
+    return P, [len(c.ids), len(r.ids)], {
+        "input_ids": stream(P, [c.ids, r.ids]),
+        "labels": stream(P, [segment_labels(c), segment_labels(r)]),
+        "rejected": stream(P, [np.zeros(len(c.ids), dtype=bool), np.ones(len(r.ids), dtype=bool)]),
+    }
 
 
 def collate_pairs(pairs: list[PreferencePair], pad_id: int, share_prefix: bool = True) -> dict[str, Tensor]:
@@ -129,15 +131,9 @@ def collate_pairs(pairs: list[PreferencePair], pad_id: int, share_prefix: bool =
     input_ids, labels, `rejected` (which positions are the rejected side's), RoPE positions and
     the attention rows and outputs (`olmolab.model.shared_prefix`). Without `share_prefix` the
     prefix is empty: both conversations whole, one after the other."""
-    streams = [pair_stream(p, share_prefix) for p in pairs]
-    T = max(len(s["input_ids"]) for _, s in streams)
-    S = max(len(e.ids) for p in pairs for e in (p.chosen, p.rejected))
-    batch = {key: pad_rows([s[key] for _, s in streams], pad, T)
-             for key, pad in (("input_ids", pad_id), ("labels", IGNORE_INDEX), ("rejected", 0))}
+    batch = stream_batch([pair_stream(p, share_prefix) for p in pairs],
+                         {"input_ids": pad_id, "labels": IGNORE_INDEX, "rejected": 0})
     batch["rejected"] = batch["rejected"].bool()
-    layouts = [layout(P, [len(p.chosen.ids), len(p.rejected.ids)], T, S) for (P, _), p in zip(streams, pairs, strict=True)]
-    for i, key in enumerate(("positions", "rows", "outputs")):
-        batch[key] = torch.as_tensor(np.stack([arrays[i] for arrays in layouts]))
     return batch
 
 

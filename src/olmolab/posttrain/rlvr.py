@@ -46,8 +46,8 @@ from olmolab import Transformer, model_files
 from olmolab.errors import UserError
 from olmolab.generation import GenerationConfig, generate
 from olmolab.model.loss import IGNORE_INDEX
-from olmolab.model.shared_prefix import SharedPrefix, layout, stream
-from olmolab.posttrain.batches import pad_rows
+from olmolab.model.shared_prefix import SharedPrefix, stream
+from olmolab.posttrain.batches import stream_batch
 from olmolab.posttrain.chat_data import BadRow, check_messages, read_rows
 from olmolab.posttrain.config import RLVRConfig
 from olmolab.posttrain.engine import PostTrainer
@@ -106,7 +106,7 @@ def response_streams(prompts: list[np.ndarray], responses: list[list[int]], pad_
     prompt and padding); RoPE positions and the attention rows and outputs. Without
     `share_prefix` each conversation comes whole."""
     group = len(responses) // len(prompts)
-    rows = []  # per prompt: (prefix, conversations' lengths, ids, labels, sample)
+    streams = []
     for g, prompt in enumerate(prompts):
         conversations, labels = [], []
         for response in responses[g * group : (g + 1) * group]:
@@ -116,15 +116,9 @@ def response_streams(prompts: list[np.ndarray], responses: list[list[int]], pad_
         prefix = len(prompt) - 1 if share_prefix else 0
         sample = stream(prefix, [np.full(len(c), k) for k, c in enumerate(conversations)])
         sample[:prefix] = -1
-        rows.append((prefix, [len(c) for c in conversations], stream(prefix, conversations), stream(prefix, labels), sample))
-    T = max(len(ids) for _, _, ids, _, _ in rows)
-    S = max(max(lengths) for _, lengths, _, _, _ in rows)
-    batch = {key: pad_rows([row[i] for row in rows], pad, T)
-             for key, i, pad in (("input_ids", 2, pad_id), ("labels", 3, IGNORE_INDEX), ("sample", 4, -1))}
-    layouts = [layout(prefix, lengths, T, S) for prefix, lengths, *_ in rows]
-    for i, key in enumerate(("positions", "rows", "outputs")):
-        batch[key] = torch.as_tensor(np.stack([arrays[i] for arrays in layouts]))
-    return batch
+        streams.append((prefix, [len(c) for c in conversations],
+                        {"input_ids": stream(prefix, conversations), "labels": stream(prefix, labels), "sample": sample}))
+    return stream_batch(streams, {"input_ids": pad_id, "labels": IGNORE_INDEX, "sample": -1})
 
 
 def token_logps(model, input_ids: Tensor, labels: Tensor, *, temperature: float = 1.0,
