@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from olmolab.errors import UserError
-from olmolab.model.shared_prefix import layout
+from olmolab.model.shared_prefix import SharedPrefix, layout
 
 
 def epoch_order(n_items: int, seed: int, epoch: int) -> np.ndarray:
@@ -92,3 +92,9 @@ def stream_batch(streams: Sequence[tuple[int, list[int], dict[str, np.ndarray]]]
     for i, key in enumerate(("positions", "rows", "outputs")):
         batch[key] = torch.as_tensor(np.stack([arrays[i] for arrays in layouts]))
     return batch
+
+
+def stream_inputs(batch: dict[str, torch.Tensor], rows: slice = slice(None)) -> dict:
+    """The model's keyword arguments for rows `rows` of a `stream_batch`: their RoPE positions and
+    their `SharedPrefix`."""
+    return {"positions": batch["positions"][rows], "shared_prefix": SharedPrefix(batch["rows"][rows], batch["outputs"][rows])}

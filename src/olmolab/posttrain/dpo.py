@@ -39,8 +39,8 @@ from torch import Tensor
 
 from olmolab import model_files
 from olmolab.model.loss import IGNORE_INDEX
-from olmolab.model.shared_prefix import SharedPrefix, stream
-from olmolab.posttrain.batches import stream_batch
+from olmolab.model.shared_prefix import stream
+from olmolab.posttrain.batches import stream_batch, stream_inputs
 from olmolab.posttrain.chat_data import preference_row, read_rows
 from olmolab.posttrain.config import DPOConfig
 from olmolab.posttrain.engine import PostTrainer
@@ -71,8 +71,7 @@ def pair_scores(model, batch: dict[str, Tensor], average: bool) -> tuple[Tensor,
     each turn's summed (or, with `average`, mean) token log-probs. Only the labelled positions
     go through the LM head (`Transformer.label_log_probs`)."""
     labels = batch["labels"]
-    log_probs = model(batch["input_ids"], labels, positions=batch["positions"], label_log_probs=True,
-                      shared_prefix=SharedPrefix(batch["rows"], batch["outputs"]))  # 0 where unlabelled
+    log_probs = model(batch["input_ids"], labels, label_log_probs=True, **stream_inputs(batch))  # 0 where unlabelled
     labelled = labels != IGNORE_INDEX
     scores = []
     for side in (labelled & ~batch["rejected"], labelled & batch["rejected"]):

@@ -47,7 +47,7 @@ from olmolab.errors import UserError
 from olmolab.generation import GenerationConfig, generate
 from olmolab.model.loss import IGNORE_INDEX
 from olmolab.model.shared_prefix import SharedPrefix, stream
-from olmolab.posttrain.batches import stream_batch
+from olmolab.posttrain.batches import stream_batch, stream_inputs
 from olmolab.posttrain.chat_data import BadRow, check_messages, read_rows
 from olmolab.posttrain.config import RLVRConfig
 from olmolab.posttrain.engine import PostTrainer
@@ -294,8 +294,7 @@ class RLVRTrainer(PostTrainer):
         rollout at 0.7 would push on the log-probs of a distribution nobody samples from, and the
         KL would be measured between two others."""
         return token_logps(model, batch["input_ids"][rows], batch["labels"][rows], temperature=self.config.data.temperature,
-                           vocab_size=self.config.model.vocab_size, positions=batch["positions"][rows],
-                           shared_prefix=SharedPrefix(batch["rows"][rows], batch["outputs"][rows]))
+                           vocab_size=self.config.model.vocab_size, **stream_inputs(batch, rows))
 
     def _write_samples(self, prompts: list[Prompt], texts: list[str], scores: Tensor, rewards: Tensor) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
