@@ -67,6 +67,17 @@ def test_clip_qkv_bounds_the_projections():
         assert not torch.allclose(model(ids), unclipped(ids))
 
 
+def test_loss_chunks_are_as_even_as_their_bound_allows():
+    cpu, vocab = torch.device("cpu"), 16384
+    bound = loss_module.CHUNK_ELEMENTS // vocab  # 1024 rows
+    assert loss_module.chunk_rows(2056, vocab, cpu) == 1028  # two chunks, not 1024 + 1024 + 8
+    assert loss_module.chunk_rows(3000, vocab, cpu) == 1000
+    assert loss_module.chunk_rows(bound * 3 // 2 - 1, vocab, cpu) == bound * 3 // 2 - 1  # one, under 1.5x the bound
+    assert loss_module.chunk_rows(bound * 5 // 2 + 2, vocab, cpu) == bound * 5 // 6 + 1  # three, not two too large
+    assert loss_module.chunk_rows(5, vocab, cpu) == 5
+    assert loss_module.chunk_rows(3, 1 << 30, cpu) == 1  # a vocabulary over the bound: a row at a time
+
+
 @pytest.mark.parametrize("z", [0.0, 1e-4])
 def test_fused_loss_matches_the_reference_loss_and_its_gradients(z, monkeypatch):
     monkeypatch.setattr(loss_module, "CHUNK_ELEMENTS", 7 * 300)  # several uneven chunks

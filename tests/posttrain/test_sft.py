@@ -1,4 +1,4 @@
-"""SFT: assistant-only labels, counted drops and truncation, bad rows, reductions, packing."""
+"""SFT: assistant-only labels, counted drops and truncation, bad rows, reductions, packing, padding-free rows."""
 
 import json
 import random
@@ -12,6 +12,7 @@ from olmolab import ModelConfig, Transformer
 from olmolab.cli import main
 from olmolab.errors import UserError
 from olmolab.model.loss import IGNORE_INDEX
+from olmolab.posttrain.batches import padding_free
 from olmolab.posttrain.chat_data import read_rows, sft_row
 from olmolab.posttrain.config import load_post_train_config
 from olmolab.posttrain.sft import (
@@ -19,6 +20,7 @@ from olmolab.posttrain.sft import (
     collate_sequences,
     document_attention_mask,
     pack,
+    padding_pays_removing,
     tokenize_conversations,
 )
 from olmolab.train.metrics import read_metrics
@@ -101,6 +103,40 @@ def _gradients(config_path, overrides):
     batch = next(iter(trainer.loader))
     row = trainer.forward_backward(batch)
     return {n: p.grad.clone() for n, p in trainer.model.named_parameters()}, row
+
+
+def test_padding_free_lays_the_conversations_end_to_end_each_attending_within_its_own_row():
+    doc_ids = torch.tensor([[0, 0, 0, -1, -1],   # one conversation of 3, padded
+                            [0, 0, 1, 1, 1]])    # two packed: 2 and 3 tokens
+    index, inputs = padding_free(doc_ids)
+    assert index.tolist() == [0, 1, 2, 5, 6, 7, 8, 9]  # the padding skipped
+    assert inputs["positions"].tolist() == [[0, 1, 2, 0, 1, 0, 1, 2]]  # restarting at each conversation
+    rows, outputs = inputs["shared_prefix"].rows, inputs["shared_prefix"].outputs
+    assert rows.shape == (1, 3, 3)  # three conversations, each in a row of the longest's length
+    assert rows[0, 1, :2].tolist() == [3, 4] and rows[0, 2].tolist() == [5, 6, 7]
+    assert outputs.tolist() == [[0, 1, 2, 3, 4, 6, 7, 8]]  # each token's output from its place in its row
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_padding_free_rows_give_the_padded_rows_loss_and_gradients(sft_config, packing):
+    path = sft_config(sft={"packing": packing})
+    trainer = SFTTrainer(load_post_train_config("sft", path, []))
+    assert packing or padding_pays_removing(next(iter(trainer.loader))["doc_ids"])  # else both runs would pad
+    stream, row = _gradients(path, [])
+    padded, row_padded = _gradients(path, ["sft.padding_free=false"])
+    assert row["loss"] == pytest.approx(row_padded["loss"], rel=1e-5)
+    assert row["trained_tokens"] == row_padded["trained_tokens"]
+    for name, grad in padded.items():
+        torch.testing.assert_close(stream[name], grad, atol=1e-5, rtol=1e-4)
+
+
+def test_rows_with_little_padding_stay_padded():
+    """Below 1/16 of the positions, removing the padding costs about what it saves."""
+    nearly_full = torch.zeros(4, 64, dtype=torch.long)
+    nearly_full[0, -15:] = -1
+    assert not padding_pays_removing(nearly_full)
+    nearly_full[1, -1] = -1
+    assert padding_pays_removing(nearly_full)
 
 
 def test_sum_reduction_is_the_mean_times_the_trained_tokens_and_micro_batching_does_not_matter(sft_config):

@@ -37,7 +37,7 @@ class _LinearLabelLogProbs(torch.autograd.Function):
         with torch.autocast(hidden.device.type, enabled=False):
             h, w = hidden.to(dtype), weight.to(dtype)
             n, vocab = h.shape[0], w.shape[0]
-            rows = max(1, (lm_loss.CHUNK_ELEMENTS if h.device.type == "cpu" else lm_loss.GPU_CHUNK_ELEMENTS) // vocab)
+            rows = lm_loss.chunk_rows(n, vocab, h.device)
             acc_dtype = torch.promote_types(dtype, torch.float32)  # softmax in fp32 at least
             log_probs = torch.empty(n, dtype=acc_dtype, device=h.device)
             everyone = torch.ones(min(rows, n), dtype=torch.bool, device=h.device)

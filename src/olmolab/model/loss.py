@@ -35,6 +35,16 @@ CHUNK_ELEMENTS = 1 << 24
 GPU_CHUNK_ELEMENTS = 1 << 26
 
 
+def chunk_rows(n: int, vocab: int, device: torch.device) -> int:
+    """Rows per chunk of `n` rows' logits: equal chunks of about the bound above (at most 1.5
+    times it). 2056 labelled rows go as two chunks of 1028, not 1024 + 1024 + 8: a chunk of a few
+    rows multiplies the whole (V, d) head for them, three times, at a tenth of the matmuls' speed
+    (the bench's SFT step 1.008x; three chunks of 686 0.998x: bench/README.md)."""
+    bound = max(1, (CHUNK_ELEMENTS if device.type == "cpu" else GPU_CHUNK_ELEMENTS) // vocab)
+    chunks = max(1, round(n / bound))
+    return -(-n // chunks)
+
+
 class LMLoss(NamedTuple):
     loss: Tensor
     """ce_loss + z_loss, the differentiable total to call `.backward()` on."""
@@ -147,7 +157,7 @@ def _add_to_weight_grad_(grad_w: Tensor, grad_logits: Tensor, h: Tensor, first: 
         grad_w += grad_logits.T @ h
 
 
-# bf16 products of up to this many rows at once (see `_input_grad_`).
+# bf16 products of about this many rows at once (see `_input_grad_`).
 _BF16_ROWS = 256
 
 
@@ -156,10 +166,13 @@ def _input_grad_(grad_logits: Tensor, w: Tensor, out: Tensor, linear=None) -> No
     (x @ weight^T) where the caller computes its products so, else `torch.mm`. In bf16 on a CPU
     `_BF16_ROWS` rows at a time: at these shapes (rows x vocab by vocab x d_model) oneDNN's AMX
     kernel runs at half speed from 512 to 1024 rows and at full speed below and above (torch 2.13;
-    bench/README.md, "The LM head's input gradient"): a chunk of 1024 rows goes as four of 256."""
+    bench/README.md, "The LM head's input gradient"): a chunk of 1024 rows goes as four of 256,
+    one of 1028 as four of 257 (equal pieces: not four of 256 and one of 4)."""
     if grad_logits.dtype == torch.bfloat16 and grad_logits.device.type == "cpu":
-        for s in range(0, grad_logits.shape[0], _BF16_ROWS):
-            torch.mm(grad_logits[s : s + _BF16_ROWS], w, out=out[s : s + _BF16_ROWS])
+        n = grad_logits.shape[0]
+        rows = -(-n // -(-n // _BF16_ROWS))
+        for s in range(0, n, rows):
+            torch.mm(grad_logits[s : s + rows], w, out=out[s : s + rows])
     elif linear is None:
         torch.mm(grad_logits, w, out=out)
     else:
@@ -201,7 +214,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         with torch.autocast(hidden.device.type, enabled=False):
             h, w = hidden.to(dtype), weight.to(dtype)
             n, vocab = h.shape[0], w.shape[0]
-            rows = max(1, (CHUNK_ELEMENTS if h.device.type == "cpu" else GPU_CHUNK_ELEMENTS) // vocab)
+            rows = chunk_rows(n, vocab, h.device)
             # Softmax and accumulators in fp32 at least: bf16 logits are upcast, fp64 ones kept.
             acc_dtype = torch.promote_types(dtype, torch.float32)
             # bf16 on a CPU under torch.compile: each chunk's softmax is one kernel over the bf16

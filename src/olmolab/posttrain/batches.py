@@ -98,3 +98,22 @@ def stream_inputs(batch: dict[str, torch.Tensor], rows: slice = slice(None)) -> 
     """The model's keyword arguments for rows `rows` of a `stream_batch`: their RoPE positions and
     their `SharedPrefix`."""
     return {"positions": batch["positions"][rows], "shared_prefix": SharedPrefix(batch["rows"][rows], batch["outputs"][rows])}
+
+
+def padding_free(doc_ids: torch.Tensor, device: torch.device | None = None) -> tuple[torch.Tensor, dict]:
+    """Padded rows of conversations as one stream row without padding: every conversation after
+    the other, none sharing a prefix (`olmolab.model.shared_prefix`), so attention keeps each to
+    itself and every other op skips the padding.
+
+    doc_ids: (B, T) each token's conversation within its row (several where rows are packed), -1
+    for padding; conversations are runs of one id. Returns (the flat indices into the (B, T) rows
+    of the stream's N tokens, the model's keyword arguments for the stream: its (1, N) RoPE
+    positions, restarting at each conversation, and its `SharedPrefix`), those on `device`.
+    Computed where doc_ids are: on the CPU batch, a GPU's queue never waits for it."""
+    flat = doc_ids.flatten()
+    index = (flat >= 0).nonzero().squeeze(1)
+    row = torch.div(index, doc_ids.shape[1], rounding_mode="floor")
+    conversation = row * (int(doc_ids.max()) + 1) + flat[index]  # unique across rows, in stream order
+    lengths = torch.unique_consecutive(conversation, return_counts=True)[1].tolist()
+    positions, rows, outputs = (torch.as_tensor(a, device=device)[None] for a in layout(0, lengths, len(index), max(lengths)))
+    return index.to(device), {"positions": positions, "shared_prefix": SharedPrefix(rows, outputs)}

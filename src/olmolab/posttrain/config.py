@@ -77,6 +77,9 @@ class SFTConfig(ChatDataConfig):
     packing: bool = False
     """Pack several conversations into each sequence of max_seq_len (attention and RoPE
     positions restart at each conversation)."""
+    padding_free: bool = True
+    """Run each micro-batch's conversations as one row without padding where that pays (see
+    olmolab.posttrain.sft): the same losses, less work. false: the padded rows as they are."""
 
 
 @dataclass

@@ -15,6 +15,13 @@ accumulation steps and ranks, a constant factor that AdamW's update does not see
 Packing puts several conversations in one sequence of up to `max_seq_len` tokens. Attention
 never crosses from one conversation to another and RoPE positions restart at each, so a
 packed conversation is computed exactly as it would be alone, only without the padding.
+
+Padding-free (`padding_free`, the default): a micro-batch's rows are laid end to end as one row
+without their padding, the stream of `olmolab.model.shared_prefix` with no prefix shared. Only
+attention sees each conversation as a row of its own; the projections, MLP, norms and RoPE run
+on the conversations' tokens alone. Rows of one conversation each take it where padding is at
+least 1/16 of their positions (`padding_pays_removing`); packed rows always (it replaces their
+(T x T) documents' mask).
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ import numpy as np
 import torch
 
 from olmolab.model.loss import IGNORE_INDEX
-from olmolab.posttrain.batches import pad_rows
+from olmolab.posttrain.batches import pad_rows, padding_free
 from olmolab.posttrain.chat_data import read_rows, sft_row
 from olmolab.posttrain.config import SFTConfig
 from olmolab.posttrain.engine import PostTrainer
@@ -85,20 +92,17 @@ def segment_labels(example: ChatExample) -> np.ndarray:
 
 
 def collate_sequences(sequences: list[list[ChatExample]], pad_id: int, packed: bool) -> dict[str, torch.Tensor]:
-    """Sequences (each one or more examples) as right-padded input_ids and labels; packed ones
-    also carry each token's RoPE position and conversation index (`doc_ids`; padding is -1)."""
+    """Sequences (each one or more examples) as right-padded input_ids and labels, with each
+    token's conversation index within its sequence (`doc_ids`; padding is -1); packed ones also
+    carry each token's RoPE position."""
     ids = [np.concatenate([e.ids for e in seq]) for seq in sequences]
     batch = {"input_ids": pad_rows(ids, pad_id),
-             "labels": pad_rows([np.concatenate([segment_labels(e) for e in seq]) for seq in sequences], IGNORE_INDEX)}
+             "labels": pad_rows([np.concatenate([segment_labels(e) for e in seq]) for seq in sequences], IGNORE_INDEX),
+             "doc_ids": pad_rows([np.concatenate([np.full(len(e.ids), k) for k, e in enumerate(seq)]) for seq in sequences], -1)}
     if packed:
         length = batch["input_ids"].shape[1]
-        positions, doc_ids = [], []
-        for seq in sequences:
-            pad = length - sum(len(e.ids) for e in seq)
-            positions.append(np.concatenate([np.arange(len(e.ids)) for e in seq] + [np.arange(pad)]))
-            doc_ids.append(np.concatenate([np.full(len(e.ids), k) for k, e in enumerate(seq)] + [np.full(pad, -1)]))
-        batch["positions"] = torch.as_tensor(np.stack(positions))
-        batch["doc_ids"] = torch.as_tensor(np.stack(doc_ids))
+        positions = [np.concatenate([np.arange(len(e.ids)) for e in seq]) for seq in sequences]
+        batch["positions"] = pad_rows(positions, 0, length)
     return batch
 
 
@@ -130,21 +134,40 @@ class SFTTrainer(PostTrainer):
 
     def forward_backward(self, batch: dict) -> dict:
         tc, reduction = self.config.trainer, self.config.data.reduction
-        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-        labels = batch["labels"]
-        positions = batch.get("positions")
-        mask = document_attention_mask(batch["doc_ids"]) if "doc_ids" in batch else None
+        labels = batch["labels"].to(self.device)
         trained_tokens = dist_utils.all_reduce_sum((labels != IGNORE_INDEX).sum().float()).clamp(min=1)
         # DDP / FSDP average the ranks' gradients: each rank's loss is scaled up by the world size.
         div = (trained_tokens if reduction == "mean" else torch.ones((), device=self.device)) / self.world_size
 
         def micro_loss(rows: slice):
-            out = self.model(batch["input_ids"][rows], labels[rows], z_loss_multiplier=tc.z_loss_multiplier,
-                             loss_div_factor=div, positions=None if positions is None else positions[rows],
-                             attn_mask=None if mask is None else mask[rows])
+            input_ids, labels, inputs = self.model_inputs(batch, rows)
+            out = self.model(input_ids, labels, z_loss_multiplier=tc.z_loss_multiplier, loss_div_factor=div, **inputs)
             return out.loss, torch.stack([out.ce_loss, out.z_loss])
 
         total = self.accumulate(micro_loss) / self.world_size
         # Logged per token whatever the reduction, so runs compare.
         ce, z = (total if reduction == "mean" else total / trained_tokens).tolist()
         return {"loss": ce + z, "ce_loss": ce, "z_loss": z, "trained_tokens": int(trained_tokens.item())}
+
+    def model_inputs(self, batch: dict, rows: slice) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """(input_ids, labels, the model's other keyword arguments) of the batch's rows `rows`: one
+        row without padding (`padding_free`) where `sft.padding_free` and that pays, else the rows
+        as they are, packed ones with their documents' attention mask."""
+        input_ids, labels, doc_ids = (batch[k][rows] for k in ("input_ids", "labels", "doc_ids"))
+        packed = "positions" in batch
+        if self.config.data.padding_free and (packed or padding_pays_removing(doc_ids)):
+            index, inputs = padding_free(doc_ids, self.device)
+            input_ids, labels = (t.to(self.device).flatten()[index][None] for t in (input_ids, labels))
+            return input_ids, labels, inputs
+        input_ids, labels = input_ids.to(self.device), labels.to(self.device)
+        if not packed:
+            return input_ids, labels, {}
+        return input_ids, labels, {"positions": batch["positions"][rows].to(self.device),
+                                   "attn_mask": document_attention_mask(doc_ids.to(self.device))}
+
+
+def padding_pays_removing(doc_ids: torch.Tensor) -> bool:
+    """Whether rows of one conversation each hold enough padding that a stream row without it
+    (`padding_free`) is faster: from 1/16 of the positions on. Below, the stream's gathers (of
+    the attention's inputs and outputs, each layer) cost about what the padding does."""
+    return int((doc_ids < 0).sum()) * 16 >= doc_ids.numel()
