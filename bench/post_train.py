@@ -13,6 +13,13 @@ counted, per second of a step (the median over the timed steps). The sides pad d
 own way), so step times alone would not compare like for like. Each step's trained (labelled)
 tokens are counted too, to show both sides train the same targets.
 
+Two sets of conversations, one run each (`--lengths`): every answer of one length (seq_len / 2
+words after a question of seq_len / 8; ~330 tokens a conversation at 512), so that a batch has
+next to no padding and the two sides do the same work on the same tokens; and answers of varied
+lengths, each from a quarter of that to all of it, as chat data is, so that a batch padded to its
+longest row is a quarter padding. The first compares the computation alone; the second adds what
+each side does with padding (olmolab's SFT skips it: `sft.padding_free`).
+
 TRL's settings are its defaults for this hardware: SFT pads each batch to its longest row
 (`padding_free` and packing are, by TRL's documentation, for FlashAttention, which a CPU has not;
 `--trl-padding-free` measures it anyway: transformers then masks the flattened batch's
@@ -62,11 +69,14 @@ from olmolab.posttrain.sft import SFTTrainer
 from olmolab.tokenizer import train_bpe
 
 
-def conversations(n: int, answer_words: int, seed: int) -> list[tuple[str, str, str]]:
-    """(question, answer, another answer) triples of random words, the answers ~answer_words long."""
+def conversations(n: int, answer_words: int, seed: int, lengths: str = "uniform") -> list[tuple[str, str, str]]:
+    """(question, answer, another answer) triples of random words, the questions answer_words / 4
+    long, the answers answer_words ("uniform") or each from answer_words / 4 to answer_words
+    words, uniformly ("varied")."""
     rng = random.Random(seed)
     text = lambda k: " ".join(rng.choice(WORDS) for _ in range(k))  # noqa: E731
-    return [(text(answer_words // 4), text(answer_words), text(answer_words)) for _ in range(n)]
+    answer = lambda: text(answer_words if lengths == "uniform" else rng.randint(answer_words // 4, answer_words))  # noqa: E731
+    return [(text(answer_words // 4), answer(), answer()) for _ in range(n)]
 
 
 @dataclass
@@ -184,6 +194,9 @@ def main() -> None:
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                         help="bf16: olmolab's trainer.precision bf16 against TRL's bf16=True (both keep fp32 "
                              "weights; needs a CPU with a bf16 unit)")
+    parser.add_argument("--lengths", choices=["uniform", "varied", "both"], default="both",
+                        help="every answer seq_len/2 words long (a conversation ~2/3 of seq_len tokens), or each "
+                             "from a quarter of that to all of it; both: one run each (see above)")
     parser.add_argument("--cpu-time", action="store_true",
                         help="time steps in the process's CPU time, not wall-clock (see above; use with --threads 1)")
     args = parser.parse_args()
@@ -195,7 +208,27 @@ def main() -> None:
         import trl
     except ImportError:
         sys.exit("bench/post_train.py compares with TRL: pip install -e '.[bench]'")
-    triples = conversations(args.batch * args.steps, answer_words=args.seq_len // 2, seed=0)
+    for lengths in ("uniform", "varied") if args.lengths == "both" else (args.lengths,):
+        results = run_both(args, clock, lengths)
+        print(f"bench model, batch {args.batch} (DPO: pairs), conversations up to {args.seq_len} tokens, "
+              f"{LENGTHS[lengths]}, {args.precision}, {args.threads} threads, TRL {trl.__version__}"
+              + (", TRL SFT padding-free" if args.trl_padding_free else "") + (", CPU time" if args.cpu_time else ""))
+        for method, sides in results.items():
+            for name, steps in zip(("olmolab", "TRL"), sides, strict=True):
+                timed = steps[2:]
+                print(f"  {method.upper():3s} {name:7s}  step {statistics.median(s.seconds for s in timed) * 1e3:7.1f} ms "
+                      f"(median)  {tokens_per_s(steps):7.0f} useful tokens/s  per step: "
+                      f"{statistics.mean(s.useful for s in timed):6.0f} useful, "
+                      f"{statistics.mean(s.trained for s in timed):6.0f} trained")
+            print(f"  {method.upper():3s} olmolab is {tokens_per_s(sides[0]) / tokens_per_s(sides[1]):.2f}x TRL in useful tokens/s")
+
+
+LENGTHS = {"uniform": "answers all of one length", "varied": "answers from 1/4 to all of that length"}
+
+
+def run_both(args: argparse.Namespace, clock, lengths: str) -> dict[str, tuple[list[Step], list[Step]]]:
+    """Each method's (olmolab's steps, TRL's steps) on conversations of `lengths`."""
+    triples = conversations(args.batch * args.steps, answer_words=args.seq_len // 2, seed=0, lengths=lengths)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         tokenizer = train_bpe([" ".join(t) for t in triples] + ["<|user|>\n<|assistant|>\n"] * 50, vocab_size=2048)
@@ -218,16 +251,7 @@ def main() -> None:
             theirs = run_interleaved(method, tmp, rows[method], ours, args.batch, args.seq_len, args.steps,
                                      args.trl_padding_free, clock, args.precision)
             results[method] = (ours.steps, theirs)
-    print(f"bench model, batch {args.batch} (DPO: pairs), conversations up to {args.seq_len} tokens, {args.precision}, "
-          f"{args.threads} threads, TRL {trl.__version__}" + (", TRL SFT padding-free" if args.trl_padding_free else "")
-          + (", CPU time" if args.cpu_time else ""))
-    for method, sides in results.items():
-        for name, steps in zip(("olmolab", "TRL"), sides, strict=True):
-            timed = steps[2:]
-            print(f"  {method.upper():3s} {name:7s}  step {statistics.median(s.seconds for s in timed) * 1e3:7.1f} ms "
-                  f"(median)  {tokens_per_s(steps):7.0f} useful tokens/s  per step: "
-                  f"{statistics.mean(s.useful for s in timed):6.0f} useful, {statistics.mean(s.trained for s in timed):6.0f} trained")
-        print(f"  {method.upper():3s} olmolab is {tokens_per_s(sides[0]) / tokens_per_s(sides[1]):.2f}x TRL in useful tokens/s")
+    return results
 
 
 if __name__ == "__main__":

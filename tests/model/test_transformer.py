@@ -194,6 +194,50 @@ def test_model_loss_equals_loss_of_its_logits():
     torch.testing.assert_close(fused.loss, from_logits.loss)
 
 
+@pytest.mark.parametrize("name", ["olmo-tiny", "olmo2-tiny"])
+def test_outputs_at_some_positions_are_the_whole_outputs_there_values_and_gradients(name):
+    """In fp64 through the plain formulas (the fast kernels compute in fp32): a wrong gradient
+    shows, rounding does not."""
+    from contextlib import ExitStack
+
+    from olmolab.kernels import plain
+    from olmolab.kernels.registry import using
+
+    model = tiny(name).double()
+    ids = torch.randint(0, 500, (2, 12))
+    wanted = torch.tensor([3, 4, 11, 12, 20])  # flat positions, some in each row
+
+    def values_and_grads(outputs):
+        model.zero_grad()
+        out = outputs()
+        out.square().sum().backward()
+        return out.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]  # not the LM head
+
+    with ExitStack() as formulas:
+        for op in ("linear", "rms_norm", "rotary", "swiglu", "causal_attention"):
+            formulas.enter_context(using(op, getattr(plain, op)))
+        whole = values_and_grads(lambda: model.trunk(ids).flatten(0, 1)[wanted])
+        pruned = values_and_grads(lambda: model.trunk(ids, outputs_at=wanted))
+    assert pruned[0].shape == (5, model.config.d_model)
+    torch.testing.assert_close(pruned, whole, atol=1e-12, rtol=1e-10)
+
+
+def test_a_loss_on_a_few_labelled_positions_runs_the_last_block_on_those_alone():
+    """Post-training labels the answers only: the last block's MLP skips the prompt (same loss)."""
+    model = tiny()
+    ids = torch.randint(0, 500, (2, 16))
+    labels = torch.full_like(ids, -100)
+    labels[:, 10:15] = ids[:, 11:]
+    rows_seen = []
+    hook = model.blocks[-1].feed_forward.register_forward_hook(lambda m, i, o: rows_seen.append(i[0].shape[:-1]))
+    with torch.no_grad():
+        fused = model(ids, labels)
+        reference = cross_entropy_loss(model(ids), labels)
+    hook.remove()
+    assert rows_seen[0] == (10,) and rows_seen[1] == (2, 16)  # the loss's call, then the logits'
+    torch.testing.assert_close(fused.loss, reference.loss)
+
+
 FILLED = {KVCache: lambda cache: cache.length, StaticKVCache: lambda cache: int(cache.filled)}
 
 

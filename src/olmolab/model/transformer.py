@@ -172,13 +172,33 @@ class Block(nn.Module):
         self.attention_norm = Norm(config.norm, config.d_model, config.norm_eps)
         self.feed_forward_norm = Norm(config.norm, config.d_model, config.norm_eps)
 
-    def forward(self, x: Tensor, rope, mask=None, cache=None, shared_prefix=None) -> Tensor:
+    def forward(self, x: Tensor, rope, mask=None, cache=None, shared_prefix=None, outputs_at=None) -> Tensor:
+        """outputs_at: flat indices into x's (B * T) positions: the block's output at these only,
+        (N, d). Attention still reads every position's keys and values; the rest runs on N rows."""
         if self.norm_placement == "pre":  # OLMo 1: normalise what goes into each sub-layer
-            h = x + self.attention(self.attention_norm(x), rope, mask, cache, shared_prefix)
+            a = self.attention(self.attention_norm(x), rope, mask, cache, shared_prefix)
+            h = _at(x, outputs_at) + _at(a, outputs_at)
             return h + self.feed_forward(self.feed_forward_norm(h))
         # OLMo 2: normalise what comes out of each sub-layer, before the residual add
-        h = x + self.attention_norm(self.attention(x, rope, mask, cache, shared_prefix))
+        a = self.attention(x, rope, mask, cache, shared_prefix)
+        h = _at(x, outputs_at) + self.attention_norm(_at(a, outputs_at))
         return h + self.feed_forward_norm(self.feed_forward(h))
+
+
+def _labelled_positions(labels: Tensor, always: bool) -> Tensor | None:
+    """The flat positions of `labels` that are labelled, where a loss needs the model's output at
+    those alone: `always` (scoring, which reads them anyway), or on a CPU where a sixteenth or
+    more are not (post-training's prompts and padding). On a GPU, reading the labels would stall
+    the queue every step; and pretraining's one unlabelled position a row is not worth the copy."""
+    valid = labels.flatten() != IGNORE_INDEX
+    if always or (labels.device.type == "cpu" and valid.sum() * 16 <= valid.numel() * 15):
+        return valid.nonzero().squeeze(1)
+    return None
+
+
+def _at(t: Tensor, outputs_at: Tensor | None) -> Tensor:
+    """(B, T, d) -> (N, d) at the flat positions `outputs_at` (all of t where None)."""
+    return t if outputs_at is None else t.flatten(0, 1)[outputs_at]
 
 
 class Transformer(nn.Module):
@@ -227,11 +247,14 @@ class Transformer(nn.Module):
         Training goes through `forward` because it is what DDP and FSDP wrap; decoding calls
         `trunk` with a cache, then `logits` at the last position.
         """
-        hidden = self.trunk(input_ids, positions=positions, attn_mask=attn_mask, shared_prefix=shared_prefix)
+        labelled = None if labels is None else _labelled_positions(labels, always=label_log_probs)
+        hidden = self.trunk(input_ids, positions=positions, attn_mask=attn_mask, shared_prefix=shared_prefix,
+                            outputs_at=labelled)
         if labels is None:
             return self.logits(hidden, at)
         if label_log_probs:
-            return self.label_log_probs(hidden, labels)
+            return self.label_log_probs(hidden, labels, labelled)
+        labels = labels if labelled is None else labels.flatten()[labelled]  # hidden's rows
         return self.loss(hidden, labels, z_loss_multiplier=z_loss_multiplier, div_factor=loss_div_factor)
 
     def trunk(
@@ -242,6 +265,7 @@ class Transformer(nn.Module):
         attn_mask: Tensor | None = None,
         cache: Cache | None = None,
         shared_prefix: SharedPrefix | None = None,
+        outputs_at: Tensor | None = None,
     ) -> Tensor:
         """The final norm's output, (B, T, d_model): everything but the LM head.
 
@@ -252,6 +276,10 @@ class Transformer(nn.Module):
         shared_prefix: the rows are streams of conversations that share their first tokens,
             each attending only within itself (`olmolab.model.shared_prefix`); positions then
             count per conversation.
+        outputs_at: flat indices into the (B * T) positions whose outputs are wanted (the labelled
+            ones, where a loss needs no others): the output is then theirs, (N, d_model). Every
+            block but the last runs on all positions, whose keys and values the next layer reads;
+            the last runs its attention's queries for all and everything after for these alone.
         """
         if shared_prefix is not None and (attn_mask is not None or cache is not None or positions is None):
             raise ValueError("shared_prefix takes the conversations' positions, and no attn_mask or cache")
@@ -261,8 +289,8 @@ class Transformer(nn.Module):
             attn_mask = cache.causal_mask(T, input_ids.device) if attn_mask is None else attn_mask
         x = self.embeddings(input_ids)  # (B, T, d)
         rope = self.rope.tables(slice(0, T) if positions is None else positions, input_ids.device)
-        for block in self.blocks:
-            x = block(x, rope, attn_mask, cache, shared_prefix)
+        for i, block in enumerate(self.blocks):
+            x = block(x, rope, attn_mask, cache, shared_prefix, outputs_at if i == len(self.blocks) - 1 else None)
         if cache is not None:
             cache.advance(T)
         return self.norm(x)
@@ -281,23 +309,29 @@ class Transformer(nn.Module):
         self, hidden: Tensor, labels: Tensor, *, z_loss_multiplier: float = 0.0,
         div_factor: float | Tensor | None = None,
     ) -> LMLoss:
-        """The loss of `trunk`'s output against `labels` (B, T), without materialising the logits.
+        """The loss of `trunk`'s output against `labels` (B, T), without materialising the logits;
+        or of its (N, d) output at `outputs_at` against those positions' labels (N,).
 
         div_factor: what the summed token losses are divided by; default the number of labelled
         tokens here (a trainer passes the global count so micro-batches add up).
         """
         return linear_cross_entropy(
-            hidden.flatten(0, 1), self.lm_head.weight, labels.flatten(),
+            hidden.flatten(0, -2), self.lm_head.weight, labels.flatten(),
             z_loss_multiplier=z_loss_multiplier, div_factor=div_factor, compiled=self.compiled_loss,
         )
 
-    def label_log_probs(self, hidden: Tensor, labels: Tensor) -> Tensor:
+    def label_log_probs(self, hidden: Tensor, labels: Tensor, labelled: Tensor | None = None) -> Tensor:
         """(B, T) fp32 log-probability of each label under `trunk`'s output `hidden` (0 where the
         label is ignored), what scoring a turn sums: only the labelled positions go through the
-        LM head, chunked, without keeping their logits' autograd graph."""
-        rows, positions = (labels != IGNORE_INDEX).nonzero(as_tuple=True)
-        picked = linear_label_log_probs(hidden[rows, positions], self.lm_head.weight, labels[rows, positions])
-        return picked.new_zeros(labels.shape).index_put_((rows, positions), picked)
+        LM head, chunked, without keeping their logits' autograd graph. `labelled`: the flat
+        labelled positions where `hidden` is already theirs alone (`trunk`'s `outputs_at`)."""
+        if labelled is None:
+            labelled = (labels.flatten() != IGNORE_INDEX).nonzero().squeeze(1)
+            hidden = hidden.flatten(0, 1)[labelled]
+        picked = linear_label_log_probs(hidden, self.lm_head.weight, labels.flatten()[labelled])
+        out = picked.new_zeros(labels.shape)  # (returned whole: FSDP2 warns of modules returning views)
+        out.view(-1).index_put_((labelled,), picked)
+        return out
 
     @classmethod
     def from_state_dict(cls, config: ModelConfig, state: dict[str, Tensor], device="cpu") -> Transformer:
