@@ -238,6 +238,34 @@ def test_a_loss_on_a_few_labelled_positions_runs_the_last_block_on_those_alone()
     torch.testing.assert_close(fused.loss, reference.loss)
 
 
+def test_labelled_positions_rounded_up_to_a_multiple_change_no_loss_gradient_or_log_prob(monkeypatch):
+    """bf16 on a CPU rounds the labelled rows up to 64 (`olmolab.kernels.token_multiple`) by
+    repeating the last: the repeats must count for nothing."""
+    from olmolab.model import transformer as transformer_module
+
+    model = tiny()
+    ids = torch.randint(0, 500, (2, 16))
+    labels = torch.full_like(ids, -100)
+    labels[:, 10:15] = ids[:, 11:]
+
+    def results():
+        model.zero_grad()
+        loss = model(ids, labels)
+        loss.loss.backward()
+        with torch.no_grad():
+            log_probs = model(ids, labels, label_log_probs=True)
+        return loss.loss.detach(), [p.grad.clone() for p in model.parameters()], log_probs
+
+    exact = results()
+    monkeypatch.setattr(transformer_module, "token_multiple", lambda dtype, device: 64)
+    rows_seen = []
+    hook = model.blocks[-1].feed_forward.register_forward_hook(lambda m, i, o: rows_seen.append(i[0].shape[0]))
+    rounded = results()
+    hook.remove()
+    assert rows_seen == [64, 64]  # 10 labelled, 54 repeats
+    torch.testing.assert_close(rounded, exact)
+
+
 FILLED = {KVCache: lambda cache: cache.length, StaticKVCache: lambda cache: int(cache.filled)}
 
 

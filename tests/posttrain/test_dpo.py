@@ -67,14 +67,16 @@ def preference_pairs(tokenizer):
     return dpo.tokenize_pairs(rows, tokenizer, 1000, "truncate", Counter())
 
 
-@pytest.mark.parametrize("share_prefix", [True, False])
-def test_pair_scores_are_each_turns_log_probs_as_if_its_conversation_were_alone(chat_tokenizer, share_prefix):
+@pytest.mark.parametrize(("share_prefix", "multiple"), [(True, 1), (False, 1), (True, 64)])
+def test_pair_scores_are_each_turns_log_probs_as_if_its_conversation_were_alone(chat_tokenizer, share_prefix, multiple):
+    """Whether or not the pair shares its prompt, and with its lengths rounded up (bf16 on a CPU)."""
     from olmolab import ModelConfig, Transformer
 
     torch.manual_seed(0)
     model = Transformer(ModelConfig.preset("olmo2-tiny")).eval()
     pairs = preference_pairs(chat_tokenizer)
-    batch = dpo.collate_pairs(pairs, pad_id=1, share_prefix=share_prefix)
+    batch = dpo.collate_pairs(pairs, pad_id=1, share_prefix=share_prefix, multiple=multiple)
+    assert batch["input_ids"].shape[1] % multiple == 0 and batch["rows"].shape[2] % multiple == 0
     alone = []  # per pair, per side: the summed log-probs and the count of the scored tokens
     for pair in pairs:
         for side in (pair.chosen, pair.rejected):

@@ -108,13 +108,22 @@ def _gradients(config_path, overrides):
 def test_padding_free_lays_the_conversations_end_to_end_each_attending_within_its_own_row():
     doc_ids = torch.tensor([[0, 0, 0, -1, -1],   # one conversation of 3, padded
                             [0, 0, 1, 1, 1]])    # two packed: 2 and 3 tokens
-    index, inputs = padding_free(doc_ids)
-    assert index.tolist() == [0, 1, 2, 5, 6, 7, 8, 9]  # the padding skipped
+    index, length, inputs = padding_free(doc_ids)
+    assert index.tolist() == [0, 1, 2, 5, 6, 7, 8, 9] and length == 8  # the padding skipped
     assert inputs["positions"].tolist() == [[0, 1, 2, 0, 1, 0, 1, 2]]  # restarting at each conversation
     rows, outputs = inputs["shared_prefix"].rows, inputs["shared_prefix"].outputs
     assert rows.shape == (1, 3, 3)  # three conversations, each in a row of the longest's length
     assert rows[0, 1, :2].tolist() == [3, 4] and rows[0, 2].tolist() == [5, 6, 7]
     assert outputs.tolist() == [[0, 1, 2, 3, 4, 6, 7, 8]]  # each token's output from its place in its row
+
+
+def test_padding_free_rounds_the_stream_and_its_rows_up_to_a_multiple():
+    """In bf16 on a CPU token counts come in multiples of 64 (`olmolab.kernels.token_multiple`)."""
+    doc_ids = torch.tensor([[0, 0, 0, -1, -1], [0, 0, 1, 1, 1]])
+    index, length, inputs = padding_free(doc_ids, multiple=6)
+    assert len(index) == 8 and length == 12  # 4 places of padding at the stream's end
+    assert inputs["positions"].shape == inputs["shared_prefix"].outputs.shape == (1, 12)
+    assert inputs["shared_prefix"].rows.shape == (1, 3, 6)  # rows of 3 tokens at most, as 6
 
 
 @pytest.mark.parametrize("packing", [False, True])
@@ -128,6 +137,17 @@ def test_padding_free_rows_give_the_padded_rows_loss_and_gradients(sft_config, p
     assert row["trained_tokens"] == row_padded["trained_tokens"]
     for name, grad in padded.items():
         torch.testing.assert_close(stream[name], grad, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize(("packing", "padding_free"), [(False, True), (True, True), (False, False), (True, False)])
+def test_token_counts_rounded_up_change_nothing_but_the_shapes(sft_config, monkeypatch, packing, padding_free):
+    path = sft_config(sft={"packing": packing, "padding_free": padding_free})
+    exact, row = _gradients(path, [])
+    monkeypatch.setattr(SFTTrainer, "token_multiple", 64)  # bf16's on a CPU
+    rounded, row_rounded = _gradients(path, [])
+    assert row["loss"] == pytest.approx(row_rounded["loss"], rel=1e-5)
+    for name, grad in exact.items():
+        torch.testing.assert_close(rounded[name], grad, atol=1e-5, rtol=1e-4)
 
 
 def test_rows_with_little_padding_stay_padded():

@@ -147,3 +147,23 @@ def linear_by_onednn(x: Tensor, weight: Tensor) -> Tensor:
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
         return _OneDNNLinear.apply(x, weight)
     return onednn_linear(x, weight)
+
+
+# oneDNN builds (JIT-compiles) a kernel for each new shape of a product it computes: on AMX, the
+# first (rows x 16384) @ (16384 x 384) of a shape took ~25 ms more than the 2 ms it runs in, an
+# MLP's (rows x 384) @ (384 x 2048) 3-5 ms more than its 0.3. Post-training's token counts
+# change with every batch, and a bf16 SFT step over conversations of varied lengths spent a
+# fifth of its time building kernels (bench/README.md). Counts rounded up to a multiple of this
+# come from a few dozen shapes, whose kernels are built once.
+ONEDNN_TOKEN_MULTIPLE = 64
+
+
+def token_multiple(dtype: torch.dtype, device: torch.device) -> int:
+    """What a batch's token counts (rows of its products) are best rounded up to: 64 for bf16
+    products on a CPU (oneDNN's), else 1 (MKL's fp32 products cost the same at any shape, a GPU's
+    libraries choose among prebuilt kernels)."""
+    return ONEDNN_TOKEN_MULTIPLE if device.type == "cpu" and dtype == torch.bfloat16 else 1
+
+
+def round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from olmolab.kernels import kernel
+from olmolab.kernels import kernel, token_multiple
 from olmolab.model import loss as lm_loss  # the fused loss's chunk sizes, dtype rule and log-normaliser
 
 
@@ -37,7 +37,7 @@ class _LinearLabelLogProbs(torch.autograd.Function):
         with torch.autocast(hidden.device.type, enabled=False):
             h, w = hidden.to(dtype), weight.to(dtype)
             n, vocab = h.shape[0], w.shape[0]
-            rows = lm_loss.chunk_rows(n, vocab, h.device)
+            rows = lm_loss.chunk_rows(n, vocab, h.device, token_multiple(dtype, h.device))
             acc_dtype = torch.promote_types(dtype, torch.float32)  # softmax in fp32 at least
             log_probs = torch.empty(n, dtype=acc_dtype, device=h.device)
             everyone = torch.ones(min(rows, n), dtype=torch.bool, device=h.device)

@@ -21,6 +21,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from olmolab.kernels import round_up, token_multiple
 from olmolab.kernels.logits_softmax import compiled_softmax_rows_
 
 IGNORE_INDEX = -100
@@ -35,14 +36,15 @@ CHUNK_ELEMENTS = 1 << 24
 GPU_CHUNK_ELEMENTS = 1 << 26
 
 
-def chunk_rows(n: int, vocab: int, device: torch.device) -> int:
+def chunk_rows(n: int, vocab: int, device: torch.device, multiple: int = 1) -> int:
     """Rows per chunk of `n` rows' logits: equal chunks of about the bound above (at most 1.5
-    times it). 2056 labelled rows go as two chunks of 1028, not 1024 + 1024 + 8: a chunk of a few
-    rows multiplies the whole (V, d) head for them, three times, at a tenth of the matmuls' speed
-    (the bench's SFT step 1.008x; three chunks of 686 0.998x: bench/README.md)."""
+    times it), rounded up to `multiple` (`olmolab.kernels.token_multiple`). 2056 labelled rows go
+    as two chunks of 1028, not 1024 + 1024 + 8: a chunk of a few rows multiplies the whole (V, d)
+    head for them, three times, at a tenth of the matmuls' speed (the bench's SFT step 1.008x;
+    three chunks of 686 0.998x: bench/README.md)."""
     bound = max(1, (CHUNK_ELEMENTS if device.type == "cpu" else GPU_CHUNK_ELEMENTS) // vocab)
     chunks = max(1, round(n / bound))
-    return -(-n // chunks)
+    return round_up(-(-n // chunks), multiple)
 
 
 class LMLoss(NamedTuple):
@@ -167,10 +169,11 @@ def _input_grad_(grad_logits: Tensor, w: Tensor, out: Tensor, linear=None) -> No
     `_BF16_ROWS` rows at a time: at these shapes (rows x vocab by vocab x d_model) oneDNN's AMX
     kernel runs at half speed from 512 to 1024 rows and at full speed below and above (torch 2.13;
     bench/README.md, "The LM head's input gradient"): a chunk of 1024 rows goes as four of 256,
-    one of 1028 as four of 257 (equal pieces: not four of 256 and one of 4)."""
+    one of 1088 as four of 256 and one of 64 (pieces of a multiple of 64 rows: oneDNN builds a
+    kernel for each new shape, `olmolab.kernels.token_multiple`)."""
     if grad_logits.dtype == torch.bfloat16 and grad_logits.device.type == "cpu":
         n = grad_logits.shape[0]
-        rows = -(-n // -(-n // _BF16_ROWS))
+        rows = round_up(-(-n // -(-n // _BF16_ROWS)), token_multiple(grad_logits.dtype, grad_logits.device))
         for s in range(0, n, rows):
             torch.mm(grad_logits[s : s + rows], w, out=out[s : s + rows])
     elif linear is None:
@@ -214,7 +217,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         with torch.autocast(hidden.device.type, enabled=False):
             h, w = hidden.to(dtype), weight.to(dtype)
             n, vocab = h.shape[0], w.shape[0]
-            rows = chunk_rows(n, vocab, h.device)
+            rows = chunk_rows(n, vocab, h.device, token_multiple(dtype, h.device))
             # Softmax and accumulators in fp32 at least: bf16 logits are upcast, fp64 ones kept.
             acc_dtype = torch.promote_types(dtype, torch.float32)
             # bf16 on a CPU under torch.compile: each chunk's softmax is one kernel over the bf16

@@ -25,13 +25,14 @@ which kind it is.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Literal, overload
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from olmolab.kernels import kernel
+from olmolab.kernels import kernel, round_up, token_multiple
 from olmolab.model.config import ModelConfig
 from olmolab.model.kv_cache import Cache
 from olmolab.model.label_log_probs import linear_label_log_probs
@@ -185,15 +186,35 @@ class Block(nn.Module):
         return h + self.feed_forward_norm(self.feed_forward(h))
 
 
-def _labelled_positions(labels: Tensor, always: bool) -> Tensor | None:
-    """The flat positions of `labels` that are labelled, where a loss needs the model's output at
-    those alone: `always` (scoring, which reads them anyway), or on a CPU where a sixteenth or
-    more are not (post-training's prompts and padding). On a GPU, reading the labels would stall
-    the queue every step; and pretraining's one unlabelled position a row is not worth the copy."""
+@dataclass(frozen=True)
+class Labelled:
+    """The flat positions of a batch's labels whose outputs a loss needs: the `count` labelled
+    ones, then repeats of the last up to a multiple of `olmolab.kernels.token_multiple` (bf16 on
+    a CPU: the last block's and the LM head's products then come in a few shapes)."""
+
+    positions: Tensor
+    count: int
+
+    def labels(self, labels: Tensor) -> Tensor:
+        """Their labels, the repeats' ignored."""
+        picked = labels.flatten()[self.positions]
+        picked[self.count :] = IGNORE_INDEX
+        return picked
+
+
+def _labelled_positions(labels: Tensor, always: bool, multiple: int) -> Labelled | None:
+    """The labelled positions (`Labelled`), where a loss needs the model's output at those alone:
+    `always` (scoring, which reads them anyway), or on a CPU where a sixteenth or more are not
+    (post-training's prompts and padding). On a GPU, reading the labels would stall the queue
+    every step; and pretraining's one unlabelled position a row is not worth the copy."""
     valid = labels.flatten() != IGNORE_INDEX
-    if always or (labels.device.type == "cpu" and valid.sum() * 16 <= valid.numel() * 15):
-        return valid.nonzero().squeeze(1)
-    return None
+    if not (always or (labels.device.type == "cpu" and valid.sum() * 16 <= valid.numel() * 15)):
+        return None
+    positions = valid.nonzero().squeeze(1)
+    count = len(positions)
+    if count:
+        positions = torch.cat([positions, positions[-1:].expand(round_up(count, multiple) - count)])
+    return Labelled(positions, count)
 
 
 def _at(t: Tensor, outputs_at: Tensor | None) -> Tensor:
@@ -247,14 +268,15 @@ class Transformer(nn.Module):
         Training goes through `forward` because it is what DDP and FSDP wrap; decoding calls
         `trunk` with a cache, then `logits` at the last position.
         """
-        labelled = None if labels is None else _labelled_positions(labels, always=label_log_probs)
+        multiple = token_multiple(self.lm_head.weight.dtype, input_ids.device)  # (bf16 under FSDP2's mixed precision)
+        labelled = None if labels is None else _labelled_positions(labels, always=label_log_probs, multiple=multiple)
         hidden = self.trunk(input_ids, positions=positions, attn_mask=attn_mask, shared_prefix=shared_prefix,
-                            outputs_at=labelled)
+                            outputs_at=None if labelled is None else labelled.positions)
         if labels is None:
             return self.logits(hidden, at)
         if label_log_probs:
             return self.label_log_probs(hidden, labels, labelled)
-        labels = labels if labelled is None else labels.flatten()[labelled]  # hidden's rows
+        labels = labels if labelled is None else labelled.labels(labels)  # hidden's rows
         return self.loss(hidden, labels, z_loss_multiplier=z_loss_multiplier, div_factor=loss_div_factor)
 
     def trunk(
@@ -320,17 +342,17 @@ class Transformer(nn.Module):
             z_loss_multiplier=z_loss_multiplier, div_factor=div_factor, compiled=self.compiled_loss,
         )
 
-    def label_log_probs(self, hidden: Tensor, labels: Tensor, labelled: Tensor | None = None) -> Tensor:
+    def label_log_probs(self, hidden: Tensor, labels: Tensor, labelled: Labelled | None = None) -> Tensor:
         """(B, T) fp32 log-probability of each label under `trunk`'s output `hidden` (0 where the
         label is ignored), what scoring a turn sums: only the labelled positions go through the
-        LM head, chunked, without keeping their logits' autograd graph. `labelled`: the flat
-        labelled positions where `hidden` is already theirs alone (`trunk`'s `outputs_at`)."""
+        LM head, chunked, without keeping their logits' autograd graph. `labelled`: where
+        `hidden` is already theirs alone (`trunk`'s `outputs_at`)."""
         if labelled is None:
-            labelled = (labels.flatten() != IGNORE_INDEX).nonzero().squeeze(1)
-            hidden = hidden.flatten(0, 1)[labelled]
-        picked = linear_label_log_probs(hidden, self.lm_head.weight, labels.flatten()[labelled])
+            labelled = _labelled_positions(labels, always=True, multiple=1)
+            hidden = hidden.flatten(0, 1)[labelled.positions]
+        picked = linear_label_log_probs(hidden, self.lm_head.weight, labelled.labels(labels).clamp(min=0))
         out = picked.new_zeros(labels.shape)  # (returned whole: FSDP2 warns of modules returning views)
-        out.view(-1).index_put_((labelled,), picked)
+        out.view(-1).index_put_((labelled.positions[: labelled.count],), picked[: labelled.count])
         return out
 
     @classmethod

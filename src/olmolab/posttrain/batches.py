@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from olmolab.errors import UserError
+from olmolab.kernels import round_up
 from olmolab.model.shared_prefix import SharedPrefix, layout
 
 
@@ -80,13 +81,15 @@ def pad_rows(rows: Sequence[Sequence[int]], value: int, length: int | None = Non
     return out
 
 
-def stream_batch(streams: Sequence[tuple[int, list[int], dict[str, np.ndarray]]], pads: dict[str, int]) -> dict[str, torch.Tensor]:
+def stream_batch(streams: Sequence[tuple[int, list[int], dict[str, np.ndarray]]], pads: dict[str, int],
+                 multiple: int = 1) -> dict[str, torch.Tensor]:
     """Stream rows (`olmolab.model.shared_prefix`) as a batch. A stream is (its conversations'
     shared prefix length, their lengths, its per-token arrays by key); each array is right-padded
     with `pads[key]` to the longest stream, and each stream's RoPE positions, attention rows and
-    outputs are added, every conversation's row padded to the longest conversation."""
-    T = max(len(arrays[key]) for _, _, arrays in streams for key in pads)
-    S = max(max(lengths) for _, lengths, _ in streams)
+    outputs are added, every conversation's row padded to the longest conversation; both lengths
+    rounded up to `multiple` (`olmolab.kernels.token_multiple`)."""
+    T = round_up(max(len(arrays[key]) for _, _, arrays in streams for key in pads), multiple)
+    S = round_up(max(max(lengths) for _, lengths, _ in streams), multiple)
     batch = {key: pad_rows([arrays[key] for _, _, arrays in streams], pad, T) for key, pad in pads.items()}
     layouts = [layout(prefix, lengths, T, S) for prefix, lengths, _ in streams]
     for i, key in enumerate(("positions", "rows", "outputs")):
@@ -100,20 +103,24 @@ def stream_inputs(batch: dict[str, torch.Tensor], rows: slice = slice(None)) -> 
     return {"positions": batch["positions"][rows], "shared_prefix": SharedPrefix(batch["rows"][rows], batch["outputs"][rows])}
 
 
-def padding_free(doc_ids: torch.Tensor, device: torch.device | None = None) -> tuple[torch.Tensor, dict]:
+def padding_free(doc_ids: torch.Tensor, device: torch.device | None = None, multiple: int = 1) -> tuple[torch.Tensor, int, dict]:
     """Padded rows of conversations as one stream row without padding: every conversation after
     the other, none sharing a prefix (`olmolab.model.shared_prefix`), so attention keeps each to
     itself and every other op skips the padding.
 
     doc_ids: (B, T) each token's conversation within its row (several where rows are packed), -1
     for padding; conversations are runs of one id. Returns (the flat indices into the (B, T) rows
-    of the stream's N tokens, the model's keyword arguments for the stream: its (1, N) RoPE
-    positions, restarting at each conversation, and its `SharedPrefix`), those on `device`.
-    Computed where doc_ids are: on the CPU batch, a GPU's queue never waits for it."""
+    of the stream's N tokens, which come first in it; the stream's length, N rounded up to
+    `multiple`, and its attention rows' length likewise (`token_multiple`); the model's keyword
+    arguments for the stream: its (1, length) RoPE positions, restarting at each conversation,
+    and its `SharedPrefix`), those on `device`. Computed where doc_ids are: on the CPU batch, a
+    GPU's queue never waits for it."""
     flat = doc_ids.flatten()
     index = (flat >= 0).nonzero().squeeze(1)
     row = torch.div(index, doc_ids.shape[1], rounding_mode="floor")
     conversation = row * (int(doc_ids.max()) + 1) + flat[index]  # unique across rows, in stream order
     lengths = torch.unique_consecutive(conversation, return_counts=True)[1].tolist()
-    positions, rows, outputs = (torch.as_tensor(a, device=device)[None] for a in layout(0, lengths, len(index), max(lengths)))
-    return index.to(device), {"positions": positions, "shared_prefix": SharedPrefix(rows, outputs)}
+    length = round_up(len(index), multiple)
+    arrays = layout(0, lengths, length, round_up(max(lengths), multiple))
+    positions, rows, outputs = (torch.as_tensor(a, device=device)[None] for a in arrays)
+    return index.to(device), length, {"positions": positions, "shared_prefix": SharedPrefix(rows, outputs)}

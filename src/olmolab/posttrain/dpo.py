@@ -125,13 +125,14 @@ def pair_stream(pair: PreferencePair, share_prefix: bool) -> tuple[int, list[int
     }
 
 
-def collate_pairs(pairs: list[PreferencePair], pad_id: int, share_prefix: bool = True) -> dict[str, Tensor]:
-    """Each pair as one stream row, [shared prefix | chosen's rest | rejected's rest], padded:
-    input_ids, labels, `rejected` (which positions are the rejected side's), RoPE positions and
-    the attention rows and outputs (`olmolab.model.shared_prefix`). Without `share_prefix` the
-    prefix is empty: both conversations whole, one after the other."""
+def collate_pairs(pairs: list[PreferencePair], pad_id: int, share_prefix: bool = True, multiple: int = 1) -> dict[str, Tensor]:
+    """Each pair as one stream row, [shared prefix | chosen's rest | rejected's rest], padded (to
+    a multiple of `multiple`, see `stream_batch`): input_ids, labels, `rejected` (which positions
+    are the rejected side's), RoPE positions and the attention rows and outputs
+    (`olmolab.model.shared_prefix`). Without `share_prefix` the prefix is empty: both
+    conversations whole, one after the other."""
     batch = stream_batch([pair_stream(p, share_prefix) for p in pairs],
-                         {"input_ids": pad_id, "labels": IGNORE_INDEX, "rejected": 0})
+                         {"input_ids": pad_id, "labels": IGNORE_INDEX, "rejected": 0}, multiple)
     batch["rejected"] = batch["rejected"].bool()
     return batch
 
@@ -200,7 +201,7 @@ class DPOTrainer(PostTrainer):
 
     def collate(self, items: list[int]) -> dict[str, Tensor]:
         batch = collate_pairs([self.examples[i] for i in items], self.config.model.pad_token_id,
-                              self.config.data.share_prefix)
+                              self.config.data.share_prefix, self.token_multiple)
         index = torch.as_tensor(items)
         return batch | {"ref_chosen": self.reference["chosen"][index], "ref_rejected": self.reference["rejected"][index]}
 

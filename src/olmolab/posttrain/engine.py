@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from olmolab.errors import UserError
+from olmolab.kernels import token_multiple
 from olmolab.posttrain.batches import EpochLoader
 from olmolab.posttrain.config import PostTrainConfig, steps_for
 from olmolab.train.trainer import Trainer
@@ -59,6 +60,11 @@ class PostTrainer(Trainer):
             self.loader.load_state_dict(self.state.data)
         self.validation = None
         self.tokens_per_step = tc.global_batch_size * section.max_seq_len  # an upper bound, for the ETA only
+
+    @property
+    def token_multiple(self) -> int:
+        """What batches round their token counts up to (`olmolab.kernels.token_multiple`)."""
+        return token_multiple(self.precision.dtype, self.device)
 
     def batch_tokens(self, batch: dict) -> int:
         return sum(t.numel() for k, t in batch.items() if k.endswith("input_ids")) * self.world_size

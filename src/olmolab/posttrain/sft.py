@@ -31,7 +31,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
+from olmolab.kernels import round_up
 from olmolab.model.loss import IGNORE_INDEX
 from olmolab.posttrain.batches import pad_rows, padding_free
 from olmolab.posttrain.chat_data import read_rows, sft_row
@@ -91,18 +93,18 @@ def segment_labels(example: ChatExample) -> np.ndarray:
     return labels
 
 
-def collate_sequences(sequences: list[list[ChatExample]], pad_id: int, packed: bool) -> dict[str, torch.Tensor]:
-    """Sequences (each one or more examples) as right-padded input_ids and labels, with each
-    token's conversation index within its sequence (`doc_ids`; padding is -1); packed ones also
-    carry each token's RoPE position."""
-    ids = [np.concatenate([e.ids for e in seq]) for seq in sequences]
-    batch = {"input_ids": pad_rows(ids, pad_id),
-             "labels": pad_rows([np.concatenate([segment_labels(e) for e in seq]) for seq in sequences], IGNORE_INDEX),
-             "doc_ids": pad_rows([np.concatenate([np.full(len(e.ids), k) for k, e in enumerate(seq)]) for seq in sequences], -1)}
+def collate_sequences(sequences: list[list[ChatExample]], pad_id: int, packed: bool, multiple: int = 1) -> dict[str, torch.Tensor]:
+    """Sequences (each one or more examples) as input_ids and labels right-padded to the longest,
+    rounded up to `multiple` (`olmolab.kernels.token_multiple`), with each token's conversation
+    index within its sequence (`doc_ids`; padding is -1); packed ones also carry each token's
+    RoPE position."""
+    length = round_up(max(sum(len(e.ids) for e in seq) for seq in sequences), multiple)
+    rows = lambda arrays, pad: pad_rows([np.concatenate(a) for a in arrays], pad, length)  # noqa: E731
+    batch = {"input_ids": rows([[e.ids for e in seq] for seq in sequences], pad_id),
+             "labels": rows([[segment_labels(e) for e in seq] for seq in sequences], IGNORE_INDEX),
+             "doc_ids": rows([[np.full(len(e.ids), k) for k, e in enumerate(seq)] for seq in sequences], -1)}
     if packed:
-        length = batch["input_ids"].shape[1]
-        positions = [np.concatenate([np.arange(len(e.ids)) for e in seq]) for seq in sequences]
-        batch["positions"] = pad_rows(positions, 0, length)
+        batch["positions"] = rows([[np.arange(len(e.ids)) for e in seq] for seq in sequences], 0)
     return batch
 
 
@@ -130,7 +132,7 @@ class SFTTrainer(PostTrainer):
 
     def collate(self, items: list[int]) -> dict[str, torch.Tensor]:
         pad_id = self.config.model.pad_token_id
-        return collate_sequences([self.examples[i] for i in items], pad_id, self.config.data.packing)
+        return collate_sequences([self.examples[i] for i in items], pad_id, self.config.data.packing, self.token_multiple)
 
     def forward_backward(self, batch: dict) -> dict:
         tc, reduction = self.config.trainer, self.config.data.reduction
@@ -156,9 +158,9 @@ class SFTTrainer(PostTrainer):
         input_ids, labels, doc_ids = (batch[k][rows] for k in ("input_ids", "labels", "doc_ids"))
         packed = "positions" in batch
         if self.config.data.padding_free and (packed or padding_pays_removing(doc_ids)):
-            index, inputs = padding_free(doc_ids, self.device)
-            input_ids, labels = (t.to(self.device).flatten()[index][None] for t in (input_ids, labels))
-            return input_ids, labels, inputs
+            index, length, inputs = padding_free(doc_ids, self.device, self.token_multiple)
+            stream = lambda t, pad: F.pad(t.to(self.device).flatten()[index], (0, length - len(index)), value=pad)[None]  # noqa: E731
+            return stream(input_ids, self.config.model.pad_token_id), stream(labels, IGNORE_INDEX), inputs
         input_ids, labels = input_ids.to(self.device), labels.to(self.device)
         if not packed:
             return input_ids, labels, {}
