@@ -118,12 +118,13 @@ def test_padding_free_lays_the_conversations_end_to_end_each_attending_within_it
 
 
 def test_padding_free_rounds_the_stream_and_its_rows_up_to_a_multiple():
-    """In bf16 on a CPU token counts come in multiples of 64 (`olmolab.kernels.token_multiple`)."""
+    """In bf16 on a CPU token counts come in multiples of 64, rows' lengths of 16
+    (`olmolab.kernels.token_multiple`, `length_multiple`)."""
     doc_ids = torch.tensor([[0, 0, 0, -1, -1], [0, 0, 1, 1, 1]])
-    index, length, inputs = padding_free(doc_ids, multiple=6)
+    index, length, inputs = padding_free(doc_ids, multiple=6, length_multiple=4)
     assert len(index) == 8 and length == 12  # 4 places of padding at the stream's end
     assert inputs["positions"].shape == inputs["shared_prefix"].outputs.shape == (1, 12)
-    assert inputs["shared_prefix"].rows.shape == (1, 3, 6)  # rows of 3 tokens at most, as 6
+    assert inputs["shared_prefix"].rows.shape == (1, 3, 4)  # rows of 3 tokens at most, as 4
 
 
 @pytest.mark.parametrize("packing", [False, True])
@@ -144,6 +145,7 @@ def test_token_counts_rounded_up_change_nothing_but_the_shapes(sft_config, monke
     path = sft_config(sft={"packing": packing, "padding_free": padding_free})
     exact, row = _gradients(path, [])
     monkeypatch.setattr(SFTTrainer, "token_multiple", 64)  # bf16's on a CPU
+    monkeypatch.setattr(SFTTrainer, "length_multiple", 16)
     rounded, row_rounded = _gradients(path, [])
     assert row["loss"] == pytest.approx(row_rounded["loss"], rel=1e-5)
     for name, grad in exact.items():

@@ -7,7 +7,8 @@ against its formula (`tests/kernels/`).
 This package depends on torch only; the model asks it for its ops, never the other way round.
 """
 
-from olmolab.kernels.cpu_matmul import round_up, token_multiple
+from olmolab.kernels.cpu_matmul import length_multiple, round_up, token_multiple
 from olmolab.kernels.registry import KERNELS, Kernel, KernelName, decode_linear, kernel, using
 
-__all__ = ["KERNELS", "Kernel", "KernelName", "decode_linear", "kernel", "round_up", "token_multiple", "using"]
+__all__ = ["KERNELS", "Kernel", "KernelName", "decode_linear", "kernel", "length_multiple", "round_up",
+           "token_multiple", "using"]

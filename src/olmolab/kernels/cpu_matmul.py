@@ -153,16 +153,27 @@ def linear_by_onednn(x: Tensor, weight: Tensor) -> Tensor:
 # first (rows x 16384) @ (16384 x 384) of a shape took ~25 ms more than the 2 ms it runs in, an
 # MLP's (rows x 384) @ (384 x 2048) 3-5 ms more than its 0.3. Post-training's token counts
 # change with every batch, and a bf16 SFT step over conversations of varied lengths spent a
-# fifth of its time building kernels (bench/README.md). Counts rounded up to a multiple of this
-# come from a few dozen shapes, whose kernels are built once.
-ONEDNN_TOKEN_MULTIPLE = 64
+# fifth of its time building kernels (bench/README.md). Rounded up, the counts come from a few
+# dozen shapes, whose kernels are built once: a product's rows (a stream's tokens, the labelled
+# ones) to a multiple of 64; a row's length (padded rows, attention's rows) to a multiple of 16,
+# as a batch of B rows pays its padding B times, and attention its rows' length squared.
+ONEDNN_TOKEN_MULTIPLE, ONEDNN_LENGTH_MULTIPLE = 64, 16
+
+
+def _onednn_products(dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether oneDNN computes the products (bf16 on a CPU). MKL's fp32 products cost the same at
+    any shape; a GPU's libraries choose among prebuilt kernels."""
+    return device.type == "cpu" and dtype == torch.bfloat16
 
 
 def token_multiple(dtype: torch.dtype, device: torch.device) -> int:
-    """What a batch's token counts (rows of its products) are best rounded up to: 64 for bf16
-    products on a CPU (oneDNN's), else 1 (MKL's fp32 products cost the same at any shape, a GPU's
-    libraries choose among prebuilt kernels)."""
-    return ONEDNN_TOKEN_MULTIPLE if device.type == "cpu" and dtype == torch.bfloat16 else 1
+    """What a product's row count (tokens) is best rounded up to: 64 where oneDNN computes it, else 1."""
+    return ONEDNN_TOKEN_MULTIPLE if _onednn_products(dtype, device) else 1
+
+
+def length_multiple(dtype: torch.dtype, device: torch.device) -> int:
+    """What a batch row's length is best rounded up to: 16 where oneDNN computes the products, else 1."""
+    return ONEDNN_LENGTH_MULTIPLE if _onednn_products(dtype, device) else 1
 
 
 def round_up(n: int, multiple: int) -> int:

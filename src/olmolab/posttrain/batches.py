@@ -87,7 +87,7 @@ def stream_batch(streams: Sequence[tuple[int, list[int], dict[str, np.ndarray]]]
     shared prefix length, their lengths, its per-token arrays by key); each array is right-padded
     with `pads[key]` to the longest stream, and each stream's RoPE positions, attention rows and
     outputs are added, every conversation's row padded to the longest conversation; both lengths
-    rounded up to `multiple` (`olmolab.kernels.token_multiple`)."""
+    rounded up to `multiple` (`olmolab.kernels.length_multiple`)."""
     T = round_up(max(len(arrays[key]) for _, _, arrays in streams for key in pads), multiple)
     S = round_up(max(max(lengths) for _, lengths, _ in streams), multiple)
     batch = {key: pad_rows([arrays[key] for _, _, arrays in streams], pad, T) for key, pad in pads.items()}
@@ -103,7 +103,8 @@ def stream_inputs(batch: dict[str, torch.Tensor], rows: slice = slice(None)) -> 
     return {"positions": batch["positions"][rows], "shared_prefix": SharedPrefix(batch["rows"][rows], batch["outputs"][rows])}
 
 
-def padding_free(doc_ids: torch.Tensor, device: torch.device | None = None, multiple: int = 1) -> tuple[torch.Tensor, int, dict]:
+def padding_free(doc_ids: torch.Tensor, device: torch.device | None = None, multiple: int = 1,
+                 length_multiple: int = 1) -> tuple[torch.Tensor, int, dict]:
     """Padded rows of conversations as one stream row without padding: every conversation after
     the other, none sharing a prefix (`olmolab.model.shared_prefix`), so attention keeps each to
     itself and every other op skips the padding.
@@ -111,7 +112,8 @@ def padding_free(doc_ids: torch.Tensor, device: torch.device | None = None, mult
     doc_ids: (B, T) each token's conversation within its row (several where rows are packed), -1
     for padding; conversations are runs of one id. Returns (the flat indices into the (B, T) rows
     of the stream's N tokens, which come first in it; the stream's length, N rounded up to
-    `multiple`, and its attention rows' length likewise (`token_multiple`); the model's keyword
+    `multiple` (`olmolab.kernels.token_multiple`), its attention rows' length to
+    `length_multiple` (`olmolab.kernels.length_multiple`); the model's keyword
     arguments for the stream: its (1, length) RoPE positions, restarting at each conversation,
     and its `SharedPrefix`), those on `device`. Computed where doc_ids are: on the CPU batch, a
     GPU's queue never waits for it."""
@@ -121,6 +123,6 @@ def padding_free(doc_ids: torch.Tensor, device: torch.device | None = None, mult
     conversation = row * (int(doc_ids.max()) + 1) + flat[index]  # unique across rows, in stream order
     lengths = torch.unique_consecutive(conversation, return_counts=True)[1].tolist()
     length = round_up(len(index), multiple)
-    arrays = layout(0, lengths, length, round_up(max(lengths), multiple))
+    arrays = layout(0, lengths, length, round_up(max(lengths), length_multiple))
     positions, rows, outputs = (torch.as_tensor(a, device=device)[None] for a in arrays)
     return index.to(device), length, {"positions": positions, "shared_prefix": SharedPrefix(rows, outputs)}

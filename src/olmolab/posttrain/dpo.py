@@ -201,7 +201,7 @@ class DPOTrainer(PostTrainer):
 
     def collate(self, items: list[int]) -> dict[str, Tensor]:
         batch = collate_pairs([self.examples[i] for i in items], self.config.model.pad_token_id,
-                              self.config.data.share_prefix, self.token_multiple)
+                              self.config.data.share_prefix, self.length_multiple)
         index = torch.as_tensor(items)
         return batch | {"ref_chosen": self.reference["chosen"][index], "ref_rejected": self.reference["rejected"][index]}
 

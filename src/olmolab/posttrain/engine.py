@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from olmolab.errors import UserError
-from olmolab.kernels import token_multiple
+from olmolab.kernels import length_multiple, token_multiple
 from olmolab.posttrain.batches import EpochLoader
 from olmolab.posttrain.config import PostTrainConfig, steps_for
 from olmolab.train.trainer import Trainer
@@ -65,6 +65,11 @@ class PostTrainer(Trainer):
     def token_multiple(self) -> int:
         """What batches round their token counts up to (`olmolab.kernels.token_multiple`)."""
         return token_multiple(self.precision.dtype, self.device)
+
+    @property
+    def length_multiple(self) -> int:
+        """What batches round their rows' lengths up to (`olmolab.kernels.length_multiple`)."""
+        return length_multiple(self.precision.dtype, self.device)
 
     def batch_tokens(self, batch: dict) -> int:
         return sum(t.numel() for k, t in batch.items() if k.endswith("input_ids")) * self.world_size

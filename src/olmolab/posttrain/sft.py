@@ -95,7 +95,7 @@ def segment_labels(example: ChatExample) -> np.ndarray:
 
 def collate_sequences(sequences: list[list[ChatExample]], pad_id: int, packed: bool, multiple: int = 1) -> dict[str, torch.Tensor]:
     """Sequences (each one or more examples) as input_ids and labels right-padded to the longest,
-    rounded up to `multiple` (`olmolab.kernels.token_multiple`), with each token's conversation
+    rounded up to `multiple` (`olmolab.kernels.length_multiple`), with each token's conversation
     index within its sequence (`doc_ids`; padding is -1); packed ones also carry each token's
     RoPE position."""
     length = round_up(max(sum(len(e.ids) for e in seq) for seq in sequences), multiple)
@@ -132,7 +132,7 @@ class SFTTrainer(PostTrainer):
 
     def collate(self, items: list[int]) -> dict[str, torch.Tensor]:
         pad_id = self.config.model.pad_token_id
-        return collate_sequences([self.examples[i] for i in items], pad_id, self.config.data.packing, self.token_multiple)
+        return collate_sequences([self.examples[i] for i in items], pad_id, self.config.data.packing, self.length_multiple)
 
     def forward_backward(self, batch: dict) -> dict:
         tc, reduction = self.config.trainer, self.config.data.reduction
@@ -158,7 +158,7 @@ class SFTTrainer(PostTrainer):
         input_ids, labels, doc_ids = (batch[k][rows] for k in ("input_ids", "labels", "doc_ids"))
         packed = "positions" in batch
         if self.config.data.padding_free and (packed or padding_pays_removing(doc_ids)):
-            index, length, inputs = padding_free(doc_ids, self.device, self.token_multiple)
+            index, length, inputs = padding_free(doc_ids, self.device, self.token_multiple, self.length_multiple)
             stream = lambda t, pad: F.pad(t.to(self.device).flatten()[index], (0, length - len(index)), value=pad)[None]  # noqa: E731
             return stream(input_ids, self.config.model.pad_token_id), stream(labels, IGNORE_INDEX), inputs
         input_ids, labels = input_ids.to(self.device), labels.to(self.device)
