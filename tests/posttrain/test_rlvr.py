@@ -61,6 +61,17 @@ def test_a_groups_responses_are_one_stream_labelled_with_the_response_tokens_onl
                                             [-100, 11, 12, 13, -100, -100, -100, -100, -100]]
 
 
+def test_a_groups_stream_rounded_up_to_a_multiple_is_the_same_stream_then_padding():
+    import numpy as np
+
+    args = ([np.array([5, 6, 7]), np.array([5, 6])], [[8, 9], [10], [11, 12, 13], []])
+    exact = response_streams(*args, pad_id=1)
+    rounded = response_streams(*args, pad_id=1, multiple=4)  # (16 in bf16 on a CPU)
+    assert rounded["input_ids"].shape == (2, 8) and rounded["rows"].shape[2] == 8
+    assert rounded["input_ids"][:, :7].tolist() == exact["input_ids"].tolist()
+    assert rounded["labels"][:, 7].tolist() == [-100, -100] and rounded["sample"][:, 7].tolist() == [-1, -1]
+
+
 def test_token_logps_are_the_full_forwards_log_probs_of_the_labels():
     from olmolab import ModelConfig, Transformer
 

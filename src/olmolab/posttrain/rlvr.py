@@ -97,14 +97,14 @@ def tokenize_prompts(rows: list, tokenizer, max_prompt_len: int, counts: Counter
 
 
 def response_streams(prompts: list[np.ndarray], responses: list[list[int]], pad_id: int,
-                     share_prefix: bool = True) -> dict[str, Tensor]:
+                     share_prefix: bool = True, multiple: int = 1) -> dict[str, Tensor]:
     """Each prompt's group of responses (`responses` holds len(responses) // len(prompts) per
     prompt, in order) as one stream row (`olmolab.model.shared_prefix`): the prompt once but its
     last token, then each response after its own copy of that token (it predicts the response's
     first). input_ids; labels, the next token where that is a response token (IGNORE_INDEX
     elsewhere); `sample`, which response of the group a position belongs to (-1 on the shared
-    prompt and padding); RoPE positions and the attention rows and outputs. Without
-    `share_prefix` each conversation comes whole."""
+    prompt and padding); RoPE positions and the attention rows and outputs, lengths rounded up
+    to `multiple` (`stream_batch`). Without `share_prefix` each conversation comes whole."""
     group = len(responses) // len(prompts)
     streams = []
     for g, prompt in enumerate(prompts):
@@ -118,7 +118,7 @@ def response_streams(prompts: list[np.ndarray], responses: list[list[int]], pad_
         sample[:prefix] = -1
         streams.append((prefix, [len(c) for c in conversations],
                         {"input_ids": stream(prefix, conversations), "labels": stream(prefix, labels), "sample": sample}))
-    return stream_batch(streams, {"input_ids": pad_id, "labels": IGNORE_INDEX, "sample": -1})
+    return stream_batch(streams, {"input_ids": pad_id, "labels": IGNORE_INDEX, "sample": -1}, multiple)
 
 
 def token_logps(model, input_ids: Tensor, labels: Tensor, *, temperature: float = 1.0,
@@ -200,7 +200,7 @@ class RLVRTrainer(PostTrainer):
         advantages, kept = group_advantages(rewards.view(-1, group), section.advantage_normalization)
 
         batch = response_streams([self.examples[i].ids for i in items], responses, self.config.model.pad_token_id,
-                                 section.share_prefix)
+                                 section.share_prefix, self.length_multiple)
         # each response's advantage, and whether its group is kept, on each of its tokens
         sample = batch.pop("sample")
         response = sample >= 0
