@@ -104,6 +104,7 @@ def _generate(
         real[row, : width - len(prompt)] = False
     ids, real = ids.to(device), real.to(device)
     padded = not bool(real.all())
+    last = torch.arange(batch, device=device) * width + width - 1  # each row's last position: its logits start decoding
 
     cache = KVCache.allocate(c, batch, cache_len, device=device, dtype=dtype)
     position = torch.full((batch, 1), width, device=device)  # each row's next RoPE position
@@ -115,10 +116,10 @@ def _generate(
         # would leak through the zero attention weights other queries give its keys.
         diagonal = torch.eye(width, dtype=torch.bool, device=device)
         mask = (causal & real[:, None, None, :width]) | diagonal  # (B, 1, width, width)
-        logits = model.logits(model.trunk(ids, positions=positions, attn_mask=mask, cache=cache), at="last")
+        logits = model.logits(model.trunk(ids, positions=positions, attn_mask=mask, cache=cache, outputs_at=last)[:, None])
         position = positions[:, -1:] + 1
     else:
-        logits = model.logits(model.trunk(ids, cache=cache), at="last")
+        logits = model.logits(model.trunk(ids, cache=cache, outputs_at=last)[:, None])
     if compiled:
         decode = compiled_decoding()
         static = StaticKVCache.continuing(cache)  # the prompt's keys, on the same buffers
