@@ -298,10 +298,11 @@ class Transformer(nn.Module):
         shared_prefix: the rows are streams of conversations that share their first tokens,
             each attending only within itself (`olmolab.model.shared_prefix`); positions then
             count per conversation.
-        outputs_at: flat indices into the (B * T) positions whose outputs are wanted (the labelled
-            ones, where a loss needs no others): the output is then theirs, (N, d_model). Every
-            block but the last runs on all positions, whose keys and values the next layer reads;
-            the last runs its attention's queries for all and everything after for these alone.
+        outputs_at: flat indices into the (B * T) positions whose outputs are wanted (the ones a
+            loss is labelled at, the targets evaluation scores, a prompt's last token): the
+            output is then theirs, (N, d_model). Every block but the last runs on all positions,
+            whose keys and values the next layer reads; the last runs its attention's queries
+            for all and everything after for these alone.
         """
         if shared_prefix is not None and (attn_mask is not None or cache is not None or positions is None):
             raise ValueError("shared_prefix takes the conversations' positions, and no attn_mask or cache")
