@@ -67,6 +67,22 @@ def test_clip_qkv_bounds_the_projections():
         assert not torch.allclose(model(ids), unclipped(ids))
 
 
+def test_a_batch_with_nothing_labelled_has_a_zero_loss_zero_gradients_and_zero_log_probs():
+    """Post-training's model leaves the unlabelled rows out before its last block: here all of them."""
+    model = tiny()
+    ids = torch.randint(0, 500, (2, 8))
+    nothing = torch.full_like(ids, -100)
+    out = model(ids, nothing, loss_div_factor=1.0)  # as trainers pass it (their token count, at least 1)
+    out.loss.backward()
+    assert out.loss.item() == 0.0
+    assert all(p.grad is None or not p.grad.any() for p in model.parameters())
+    model.zero_grad()
+    log_probs = model(ids, nothing, label_log_probs=True)
+    log_probs.sum().backward()
+    assert not log_probs.any()
+    assert all(p.grad is None or not p.grad.any() for p in model.parameters())
+
+
 def test_loss_chunks_are_as_even_as_their_bound_allows():
     cpu, vocab = torch.device("cpu"), 16384
     bound = loss_module.CHUNK_ELEMENTS // vocab  # 1024 rows

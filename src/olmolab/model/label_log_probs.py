@@ -68,7 +68,8 @@ class _LinearLabelLogProbs(torch.autograd.Function):
         h_dtype, w_dtype = ctx.input_dtypes
         linear = kernel("linear")
         grad_h = torch.empty_like(h)
-        grad_w = lm_loss._weight_grad_buffer(w, softmaxes[0].dtype, w_dtype)  # the loss's accumulator
+        acc_dtype = torch.promote_types(h.dtype, torch.float32)  # the softmaxes' (see forward)
+        grad_w = lm_loss._weight_grad_buffer(w, acc_dtype, w_dtype, chunks=len(softmaxes))  # the loss's accumulator
         for k, grad_logits in enumerate(softmaxes):
             s, e = k * ctx.rows, k * ctx.rows + grad_logits.shape[0]
             g = grad[s:e, None].to(grad_logits.dtype)

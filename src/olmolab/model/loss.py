@@ -44,7 +44,7 @@ def chunk_rows(n: int, vocab: int, device: torch.device, multiple: int = 1) -> i
     three chunks of 686 0.998x: bench/README.md)."""
     bound = max(1, (CHUNK_ELEMENTS if device.type == "cpu" else GPU_CHUNK_ELEMENTS) // vocab)
     chunks = max(1, round(n / bound))
-    return round_up(-(-n // chunks), multiple)
+    return max(1, round_up(-(-n // chunks), multiple))  # (no rows: a chunk size all the same)
 
 
 class LMLoss(NamedTuple):
@@ -138,17 +138,18 @@ def _logsumexp_from_softmax(probs, target, target_ids, ok, row_max, h, w):
     return lse
 
 
-def _weight_grad_buffer(w: Tensor, acc_dtype: torch.dtype, weight_dtype: torch.dtype) -> Tensor:
+def _weight_grad_buffer(w: Tensor, acc_dtype: torch.dtype, weight_dtype: torch.dtype, chunks: int) -> Tensor:
     """The LM head's gradient, summed across chunks (`_add_to_weight_grad_`) in fp32 at least,
     except for a bf16 weight on a CPU (bf16 training's compute copy), whose gradient leaves in
     bf16 anyway. There each chunk's product is added by the matmul itself (oneDNN sums in fp32
     inside and rounds once a chunk: as many roundings as the fp32 sum of bf16 products had,
     without a separate pass over an fp32 accumulator of the head's size for every chunk; at the
     bench model's shapes 0.26% of the gradient's norm off the fp64 one, the fp32 sum's 0.23%).
-    `w` is the weight in the matmuls' dtype. Not zeroed where the first chunk's matmul overwrites it."""
+    `w` is the weight in the matmuls' dtype. Not zeroed where the first of `chunks` chunks' matmul
+    overwrites it (zeroed where there are none: a batch with nothing labelled)."""
     bf16_cpu = weight_dtype == w.dtype == torch.bfloat16 and w.device.type == "cpu"
     dtype = w.dtype if bf16_cpu else acc_dtype
-    return (torch.empty if dtype == w.dtype else torch.zeros)(w.shape, dtype=dtype, device=w.device)
+    return (torch.empty if dtype == w.dtype and chunks else torch.zeros)(w.shape, dtype=dtype, device=w.device)
 
 
 def _add_to_weight_grad_(grad_w: Tensor, grad_logits: Tensor, h: Tensor, first: bool) -> None:
@@ -226,7 +227,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             ce_sum = torch.zeros((), dtype=acc_dtype, device=h.device)
             z_sum = torch.zeros((), dtype=acc_dtype, device=h.device)
             grad_h = torch.empty_like(h) if needs_grad else None
-            grad_w = _weight_grad_buffer(w, acc_dtype, weight.dtype) if needs_grad else None
+            grad_w = _weight_grad_buffer(w, acc_dtype, weight.dtype, chunks=n) if needs_grad else None
             # Every chunk's logits, then its gradient, are written into this one buffer: on a CPU a
             # fresh block this large would come from the OS, page-faulting anew for every chunk.
             # bf16 logits are upcast into a second, fp32 one, for the same reason.
