@@ -341,7 +341,7 @@ def test_sequence_longer_than_the_context_window_is_refused():
 
 @pytest.mark.parametrize("labelled", ["none", "some", "all"])
 def test_fused_loss_and_gradients_are_right_however_many_rows_are_labelled(labelled):
-    """Unlabelled rows skip the LM head on CPU; with none labelled the loss and gradients are 0."""
+    """Ignored rows count for nothing; with none labelled the loss and gradients are 0."""
     hidden = torch.randn(12, 16, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(50, 16, dtype=torch.float64, requires_grad=True)
     labels = torch.randint(0, 50, (12,))

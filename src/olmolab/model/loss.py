@@ -96,11 +96,8 @@ def linear_cross_entropy(
     valid = labels != ignore_index
     div = valid.sum() if div_factor is None else div_factor
     div = torch.as_tensor(div, dtype=torch.float32, device=hidden.device)
-    if hidden.device.type == "cpu" and 0 < valid.sum() <= valid.numel() * 15 // 16:
-        # Unlabelled rows (post-training's prompts and padding) add nothing: on a CPU they skip the
-        # LM head, where they are more than a few (pretraining's one a row is not worth the copy).
-        # On a GPU, reading `valid` would stall the queue every step.
-        hidden, labels, valid = hidden[valid], labels[valid], valid[valid]
+    # Unlabelled rows add nothing but their share of the work: the model leaves them out before
+    # its last block (`Transformer.forward`, `_labelled_positions`) where that pays.
     loss, ce, z = _LinearCrossEntropy.apply(hidden, weight, labels, valid, div, float(z_loss_multiplier), compiled)
     return LMLoss(loss, ce, z)
 
