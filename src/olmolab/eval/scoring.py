@@ -120,10 +120,10 @@ def batch_inputs(batch: list[Row]) -> dict[str, torch.Tensor]:
 
 def selected_logits(model, inputs: dict[str, torch.Tensor], b_idx: torch.Tensor, pos_idx: torch.Tensor) -> torch.Tensor:
     """Logits (N, V) at the N positions (b_idx[i], pos_idx[i]) of the batch: olmolab's model runs
-    its last block after attention, and its LM head, on just those (`Transformer.trunk`'s
-    `outputs_at`); other models give all logits, indexed afterwards."""
+    its last block after attention, and its LM head, on just those (`Transformer.forward`'s `at`);
+    other models give all logits, indexed afterwards."""
     if isinstance(model, Transformer):
-        return model.logits(model.trunk(**inputs, outputs_at=b_idx * inputs["input_ids"].shape[1] + pos_idx))
+        return model(**inputs, at=(b_idx, pos_idx))
     return model(**inputs)[b_idx, pos_idx]
 
 

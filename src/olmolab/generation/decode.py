@@ -31,7 +31,7 @@ from olmolab.generation.config import GenerationConfig, TokenCallback
 from olmolab.generation.sampling import next_token
 from olmolab.generation.static_cache import compiled_decoding, static_cache_len
 from olmolab.model.kv_cache import KVCache, StaticKVCache
-from olmolab.model.transformer import Transformer
+from olmolab.model.transformer import Transformer, flat_positions
 
 
 def check_prompts(model: Transformer, prompts: Sequence[Sequence[int]]) -> None:
@@ -104,7 +104,7 @@ def _generate(
         real[row, : width - len(prompt)] = False
     ids, real = ids.to(device), real.to(device)
     padded = not bool(real.all())
-    last = torch.arange(batch, device=device) * width + width - 1  # each row's last position: its logits start decoding
+    last = flat_positions("last", ids)  # each row's last position: its logits start decoding
 
     cache = KVCache.allocate(c, batch, cache_len, device=device, dtype=dtype)
     position = torch.full((batch, 1), width, device=device)  # each row's next RoPE position

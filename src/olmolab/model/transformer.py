@@ -217,6 +217,18 @@ def _labelled_positions(labels: Tensor, always: bool, multiple: int) -> Labelled
     return Labelled(positions, count)
 
 
+def flat_positions(at: LogitsAt, input_ids: Tensor) -> Tensor | None:
+    """The flat indices into input_ids' (B * T) positions that `at` selects (`Transformer.logits`):
+    None for "all", each row's last for "last", else (batch indices, position indices)'s."""
+    B, T = input_ids.shape
+    if at == "all":
+        return None
+    if at == "last":
+        return torch.arange(B, device=input_ids.device) * T + T - 1
+    rows, positions = at
+    return rows * T + positions
+
+
 def _at(t: Tensor, outputs_at: Tensor | None) -> Tensor:
     """(B, T, d) -> (N, d) at the flat positions `outputs_at` (all of t where None)."""
     return t if outputs_at is None else t.flatten(0, 1)[outputs_at]
@@ -268,12 +280,15 @@ class Transformer(nn.Module):
         Training goes through `forward` because it is what DDP and FSDP wrap; decoding calls
         `trunk` with a cache, then `logits` at the last position.
         """
+        if labels is None:  # the last block after attention, and the LM head, at `at`'s positions only
+            hidden = self.trunk(input_ids, positions=positions, attn_mask=attn_mask, shared_prefix=shared_prefix,
+                                outputs_at=flat_positions(at, input_ids))
+            logits = self.lm_head(hidden)
+            return logits[:, None] if at == "last" else logits
         multiple = token_multiple(self.lm_head.weight.dtype, input_ids.device)  # (bf16 under FSDP2's mixed precision)
-        labelled = None if labels is None else _labelled_positions(labels, always=label_log_probs, multiple=multiple)
+        labelled = _labelled_positions(labels, always=label_log_probs, multiple=multiple)
         hidden = self.trunk(input_ids, positions=positions, attn_mask=attn_mask, shared_prefix=shared_prefix,
                             outputs_at=None if labelled is None else labelled.positions)
-        if labels is None:
-            return self.logits(hidden, at)
         if label_log_probs:
             return self.label_log_probs(hidden, labels, labelled)
         labels = labels if labelled is None else labelled.labels(labels)  # hidden's rows
