@@ -1,6 +1,10 @@
 """The registry's RMSNorm, RoPE and SwiGLU (hand-written backward passes where one will run)
 equal autograd's composites, and its `linear` equals F.linear: values and gradients."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -137,6 +141,26 @@ def test_matmul_library_is_onednn_on_amd_and_mkl_on_intel(matmul_library):
     assert linear(x, torch.randn(8, 16)).grad_fn.name() != "_OneDNNLinearBackward"
     matmul_library(vendor=None)  # no /proc/cpuinfo (macOS, Windows): what F.linear does
     assert cpu_matmul_library() == "mkl"
+
+
+@pytest.mark.skipif("avx2" not in cpu_matmul.cpu_flags() or not onednn_linear_works(),
+                    reason="needs an x86 CPU with AVX2 and a torch build with oneDNN")
+def test_an_avx2_cpu_keeps_onednn_for_fp32_without_its_bf16_packing():
+    """An AMD EPYC of the Zen 2 or 3 generation has AVX2 and no AVX-512: oneDNN multiplies fp32
+    there but cannot pack bf16 weights. oneDNN held to AVX2 here stands for that CPU (it must be
+    set before oneDNN starts, hence a fresh process)."""
+    script = (
+        "import torch\n"
+        "from olmolab.kernels import cpu_matmul\n"
+        "from olmolab.kernels.decode import decode_layout\n"
+        "cpu_matmul.cpu_vendor = lambda: 'AuthenticAMD'\n"
+        "print(cpu_matmul.onednn_linear_works(torch.float32), cpu_matmul.onednn_linear_works(torch.bfloat16),\n"
+        "      cpu_matmul.cpu_matmul_library(), decode_layout(8, torch.float32), decode_layout(8, torch.bfloat16))\n"
+    )
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    env.pop(cpu_matmul.CPU_MATMUL_ENV, None)
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "False", "onednn", "onednn", "None"]
 
 
 def test_matmul_library_can_be_set_and_a_bad_setting_says_what_is_allowed(matmul_library):

@@ -98,7 +98,7 @@ def test_decode_linear_equals_f_linear_and_follows_in_place_updates(layout):
 
 
 def test_one_bf16_row_on_one_thread_is_multiplied_by_the_packed_weight(monkeypatch):
-    if not onednn_linear_works():
+    if not onednn_linear_works(torch.bfloat16):
         pytest.skip("this torch build has no oneDNN linear")
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
     assert decode_layout(1, torch.float32) == "transposed"

@@ -50,7 +50,7 @@ def decode_layout(batch_size: int, dtype: torch.dtype = torch.float32) -> Weight
     `F.linear`."""
     if batch_size == 1 and torch.get_num_threads() == 1 and dtype == torch.float32:
         return "transposed"
-    if onednn_linear_works():
+    if onednn_linear_works(dtype):
         return "onednn"
     return "transposed" if batch_size == 1 else None
 

@@ -98,8 +98,11 @@ def decode_linear(weights: Iterable[Tensor], batch_size: int) -> DecodeLinear | 
     """The linear kernel for decoding `batch_size` rows with these weights on this machine, or
     None where the registry's is already the best (no layout pays, or no weight is on the CPU)."""
     weights = list(weights)
-    layout = decode_layout(batch_size, weights[0].dtype if weights else torch.float32)
+    dtype = weights[0].dtype if weights else torch.float32
+    layout = decode_layout(batch_size, dtype)
     if layout is None:
         return None
-    decode = DecodeLinear(weights, layout, fallback=KERNELS["linear"])
+    # The layout is the best for `dtype` (and oneDNN may pack only fp32 on this CPU): weights of
+    # another dtype go to the fallback.
+    decode = DecodeLinear([w for w in weights if w.dtype == dtype], layout, fallback=KERNELS["linear"])
     return decode if decode.weights else None

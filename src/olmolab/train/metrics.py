@@ -53,7 +53,7 @@ def measure_matmul_flops(n: int = 1024, repeats: int = 10, dtype: torch.dtype = 
     several tries, since a busy machine only ever makes a try slower."""
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     best = _best_seconds(lambda: a @ b, repeats)
-    if onednn_linear_works():
+    if onednn_linear_works(dtype):
         best = min(best, _best_seconds(lambda: onednn_linear(a, b), repeats))
     return 2 * n**3 / best
 
