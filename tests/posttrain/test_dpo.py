@@ -12,6 +12,7 @@ from olmolab.cli import main
 from olmolab.errors import UserError
 from olmolab.model.loss import IGNORE_INDEX
 from olmolab.posttrain import dpo
+from olmolab.posttrain.batches import stream_padding_pays_removing
 from olmolab.posttrain.chat_data import preference_row, read_rows
 from olmolab.train.metrics import read_metrics
 
@@ -67,9 +68,12 @@ def preference_pairs(tokenizer):
     return dpo.tokenize_pairs(rows, tokenizer, 1000, "truncate", Counter())
 
 
+@pytest.mark.parametrize("padding_free", [False, True])
 @pytest.mark.parametrize(("share_prefix", "multiple"), [(True, 1), (False, 1), (True, 16)])
-def test_pair_scores_are_each_turns_log_probs_as_if_its_conversation_were_alone(chat_tokenizer, share_prefix, multiple):
-    """Whether or not the pair shares its prompt, and with its lengths rounded up (bf16 on a CPU)."""
+def test_pair_scores_are_each_turns_log_probs_as_if_its_conversation_were_alone(chat_tokenizer, share_prefix, multiple,
+                                                                                padding_free):
+    """Whether or not the pair shares its prompt, with its lengths rounded up (bf16 on a CPU), and
+    with the pairs as one row without their padding."""
     from olmolab import ModelConfig, Transformer
 
     torch.manual_seed(0)
@@ -77,6 +81,7 @@ def test_pair_scores_are_each_turns_log_probs_as_if_its_conversation_were_alone(
     pairs = preference_pairs(chat_tokenizer)
     batch = dpo.collate_pairs(pairs, pad_id=1, share_prefix=share_prefix, multiple=multiple)
     assert batch["input_ids"].shape[1] % multiple == 0 and batch["rows"].shape[2] % multiple == 0
+    assert stream_padding_pays_removing(batch)  # so that padding_free takes its own path
     alone = []  # per pair, per side: the summed log-probs and the count of the scored tokens
     for pair in pairs:
         for side in (pair.chosen, pair.rejected):
@@ -85,9 +90,33 @@ def test_pair_scores_are_each_turns_log_probs_as_if_its_conversation_were_alone(
             alone.append((log_probs[targets - 1, torch.as_tensor(side.ids)[targets]].sum(), len(targets)))
     with torch.no_grad():
         for average in (False, True):
-            scores = torch.stack(dpo.pair_scores(model, batch, average), dim=1).flatten()
+            scores = torch.stack(dpo.pair_scores(model, batch, average, padding_free, multiple), dim=1).flatten()
             expected = torch.stack([total / (n if average else 1) for total, n in alone])
             torch.testing.assert_close(scores, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_pairs_without_their_padding_give_the_padded_rows_scores_and_gradients(chat_tokenizer):
+    """In float64 (but for the norms, in fp32 by design): a token laid out wrong would be far off."""
+    from olmolab import ModelConfig, Transformer
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.preset("olmo2-tiny")).double()
+    batch = dpo.collate_pairs(preference_pairs(chat_tokenizer), pad_id=1)
+    results = []
+    for padding_free in (False, True):
+        model.zero_grad()
+        chosen, rejected = dpo.pair_scores(model, batch, False, padding_free, multiple=64, pad_id=1)
+        (chosen - 2 * rejected).sum().backward()
+        results.append((chosen.detach(), rejected.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    torch.testing.assert_close(results[1], results[0], rtol=1e-6, atol=1e-7)
+
+
+def test_pairs_stay_padded_where_padding_is_under_a_sixteenth(chat_tokenizer):
+    pair = preference_pairs(chat_tokenizer)[0]
+    batch = dpo.collate_pairs([pair, pair], pad_id=1)  # two rows of one length: no padding
+    assert not stream_padding_pays_removing(batch)
+    batch = dpo.collate_pairs([pair, pair], pad_id=1, multiple=64)  # padded up to a multiple of 64
+    assert stream_padding_pays_removing(batch)
 
 
 def test_a_pair_computes_its_prompt_once_and_each_side_the_token_before_its_answer(chat_tokenizer):

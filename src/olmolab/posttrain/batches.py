@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from olmolab.errors import UserError
 from olmolab.kernels import round_up
@@ -88,13 +89,50 @@ def stream_batch(streams: Sequence[tuple[int, list[int], dict[str, np.ndarray]]]
     with `pads[key]` to the longest stream, and each stream's RoPE positions, attention rows and
     outputs are added, every conversation's row padded to the longest conversation; both lengths
     rounded up to `multiple` (`olmolab.kernels.length_multiple`)."""
-    T = round_up(max(len(arrays[key]) for _, _, arrays in streams for key in pads), multiple)
+    stream_lengths = [max(len(arrays[key]) for key in pads) for _, _, arrays in streams]
+    T = round_up(max(stream_lengths), multiple)
     S = round_up(max(max(lengths) for _, lengths, _ in streams), multiple)
     batch = {key: pad_rows([arrays[key] for _, _, arrays in streams], pad, T) for key, pad in pads.items()}
     layouts = [layout(prefix, lengths, T, S) for prefix, lengths, _ in streams]
     for i, key in enumerate(("positions", "rows", "outputs")):
         batch[key] = torch.as_tensor(np.stack([arrays[i] for arrays in layouts]))
+    batch["stream_lengths"] = torch.as_tensor(stream_lengths)  # each row's tokens before its padding
     return batch
+
+
+def unpadded_streams(batch: dict[str, torch.Tensor], multiple: int = 1) -> tuple[torch.Tensor, int, dict]:
+    """A `stream_batch`'s rows laid end to end as one stream row without their padding: what
+    `padding_free` does for rows of conversations, for rows that are streams already (a DPO
+    pair's, a GRPO group's). Each conversation keeps its attention row and RoPE positions; only
+    where their tokens sit in the stream changes.
+
+    Returns (the flat indices into the (B, T) rows of the stream's N tokens, which come first in
+    it; the stream's length, N rounded up to `multiple`; the model's keyword arguments for it: its
+    (1, length) RoPE positions and its `SharedPrefix`, one attention row per conversation of every
+    stream row, of the same length S), on the batch's device."""
+    positions, rows, outputs = batch["positions"], batch["rows"], batch["outputs"]
+    (B, T), (K, S) = positions.shape, rows.shape[1:]
+    real = torch.arange(T, device=positions.device)[None] < batch["stream_lengths"][:, None]  # (B, T)
+    index = real.flatten().nonzero().squeeze(1)
+    length = round_up(len(index), multiple)
+    # Each old (row, position) -> its place in the new stream. A row's places past its
+    # conversation's end name position 0 of their stream row, a real token (`layout`).
+    moved = torch.zeros(B * T, dtype=torch.long, device=positions.device)
+    moved[index] = torch.arange(len(index), device=positions.device)
+    row_starts = torch.arange(B, device=positions.device)
+    new_rows = moved[(rows + T * row_starts[:, None, None]).flatten()].view(1, B * K, S)
+    # Outputs name places in the (B * K, S) attention rows, row-major: stream row b's start at b K S.
+    new_outputs = (outputs + K * S * row_starts[:, None]).flatten()[index]
+    padded = lambda t: F.pad(t, (0, length - len(index)))[None]  # noqa: E731  (place 0, position 0: dropped)
+    return index, length, {"positions": padded(positions.flatten()[index]),
+                           "shared_prefix": SharedPrefix(new_rows, padded(new_outputs))}
+
+
+def stream_padding_pays_removing(batch: dict[str, torch.Tensor]) -> bool:
+    """Whether a `stream_batch` holds enough padding that one stream row without it
+    (`unpadded_streams`) is faster: from 1/16 of its positions on, as for SFT's rows
+    (`olmolab.posttrain.sft.padding_pays_removing`)."""
+    return (batch["positions"].numel() - int(batch["stream_lengths"].sum())) * 16 >= batch["positions"].numel()
 
 
 def stream_inputs(batch: dict[str, torch.Tensor], rows: slice = slice(None)) -> dict:

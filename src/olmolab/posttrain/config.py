@@ -92,6 +92,9 @@ class DPOConfig(ChatDataConfig):
     share_prefix: bool = True
     """Compute the tokens both conversations of a pair begin with (the prompt) once, not twice
     (olmolab.model.shared_prefix): the same scores, less work. false: each conversation whole."""
+    padding_free: bool = True
+    """Run each micro-batch's pairs as one row without padding where that pays (see
+    olmolab.posttrain.dpo): the same scores, less work. false: the padded rows as they are."""
 
     def validate(self, section: str) -> None:
         super().validate(section)

@@ -16,6 +16,9 @@ rewards/rejected likewise, their margin, the share of pairs with chosen > reject
 A pair goes through the model as one row, its two conversations' shared beginning (everything
 before the scored turn) computed once (`olmolab.model.shared_prefix`; `share_prefix: false`
 computes both whole, for comparison): each token is computed as in its conversation alone.
+Padding-free (`padding_free`, the default): where padding is at least 1/16 of a micro-batch's
+positions, its pairs' rows are laid end to end as one row without it
+(`olmolab.posttrain.batches.unpadded_streams`), as SFT lays out its conversations.
 
 The reference is the model training starts from (trainer.load_path). Its scores never change,
 so they are computed once, before the first step, into RUN_DIR/reference_logps-<key>.pt (the
@@ -40,7 +43,12 @@ from torch import Tensor
 from olmolab import model_files
 from olmolab.model.loss import IGNORE_INDEX
 from olmolab.model.shared_prefix import stream
-from olmolab.posttrain.batches import stream_batch, stream_inputs
+from olmolab.posttrain.batches import (
+    stream_batch,
+    stream_inputs,
+    stream_padding_pays_removing,
+    unpadded_streams,
+)
 from olmolab.posttrain.chat_data import preference_row, read_rows
 from olmolab.posttrain.config import DPOConfig
 from olmolab.posttrain.engine import PostTrainer
@@ -66,12 +74,22 @@ def dpo_loss(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor,
     return DPOLoss(losses, beta * (policy_chosen - ref_chosen).detach(), beta * (policy_rejected - ref_rejected).detach())
 
 
-def pair_scores(model, batch: dict[str, Tensor], average: bool) -> tuple[Tensor, Tensor]:
+def pair_scores(model, batch: dict[str, Tensor], average: bool, padding_free: bool = False,
+                multiple: int = 1, pad_id: int = 0) -> tuple[Tensor, Tensor]:
     """(B,) scores of the chosen and of the rejected turns of a batch of pairs (`collate_pairs`):
     each turn's summed (or, with `average`, mean) token log-probs. Only the labelled positions
-    go through the LM head (`Transformer.label_log_probs`)."""
+    go through the LM head (`Transformer.label_log_probs`). With `padding_free`, the pairs' rows
+    go as one row without their padding where that pays (`unpadded_streams`; its length rounded up
+    to `multiple`, `olmolab.kernels.token_multiple`, with `pad_id`s, unlabelled)."""
     labels = batch["labels"]
-    log_probs = model(batch["input_ids"], labels, label_log_probs=True, **stream_inputs(batch))  # 0 where unlabelled
+    if padding_free and stream_padding_pays_removing(batch):
+        index, length, inputs = unpadded_streams(batch, multiple)
+        unpadded = lambda t, pad: F.pad(t.flatten()[index], (0, length - len(index)), value=pad)[None]  # noqa: E731
+        flat = model(unpadded(batch["input_ids"], pad_id), unpadded(labels, IGNORE_INDEX), label_log_probs=True,
+                     **inputs)
+        log_probs = flat.new_zeros(labels.numel()).index_copy(0, index, flat[0, : len(index)]).view(labels.shape)
+    else:
+        log_probs = model(batch["input_ids"], labels, label_log_probs=True, **stream_inputs(batch))  # 0 where unlabelled
     labelled = labels != IGNORE_INDEX
     scores = []
     for side in (labelled & ~batch["rejected"], labelled & batch["rejected"]):
@@ -153,13 +171,13 @@ def reference_key(data_fingerprint: str, reference_path: str) -> str:
 
 @torch.no_grad()
 def reference_scores(model, pairs: list[PreferencePair], pad_id: int, batch_size: int, average: bool,
-                     device, share_prefix: bool = True) -> dict[str, Tensor]:
+                     device, share_prefix: bool = True, padding_free: bool = True) -> dict[str, Tensor]:
     """{"chosen", "rejected"}: (N,) fp32 scores of every pair's turns under `model`."""
     scores = {"chosen": [], "rejected": []}
     for start in range(0, len(pairs), batch_size):
         batch = collate_pairs(pairs[start : start + batch_size], pad_id, share_prefix)
-        for side, values in zip(scores, pair_scores(model, {k: v.to(device) for k, v in batch.items()}, average),
-                                strict=True):
+        batch = {k: v.to(device) for k, v in batch.items()}
+        for side, values in zip(scores, pair_scores(model, batch, average, padding_free, pad_id=pad_id), strict=True):
             scores[side].append(values.cpu())
     return {side: torch.cat(values) for side, values in scores.items()}
 
@@ -190,7 +208,7 @@ class DPOTrainer(PostTrainer):
             reference = model_files.load_model(self.config.trainer.load_path, device=self.device)
             scores = reference_scores(reference, self.examples, self.config.model.pad_token_id,
                                       self.config.trainer.micro_batch_size, self.config.data.loss == "dpo_norm",
-                                      self.device, self.config.data.share_prefix)
+                                      self.device, self.config.data.share_prefix, self.config.data.padding_free)
             del reference
             self.run_dir.mkdir(parents=True, exist_ok=True)
             tmp = Path(f"{path}.tmp")
@@ -213,7 +231,8 @@ class DPOTrainer(PostTrainer):
         def micro_loss(rows: slice):
             # both sides in one forward: DDP expects one forward per backward
             chosen, rejected = pair_scores(self.model, {k: v[rows] for k, v in batch.items()},
-                                           section.loss == "dpo_norm")
+                                           section.loss == "dpo_norm", section.padding_free, self.token_multiple,
+                                           self.config.model.pad_token_id)
             out = dpo_loss(chosen, rejected, batch["ref_chosen"][rows], batch["ref_rejected"][rows],
                            section.beta, section.label_smoothing)
             # DDP / FSDP average the ranks' gradients: each rank divides by its share of the pairs.
