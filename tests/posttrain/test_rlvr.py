@@ -14,6 +14,7 @@ import yaml
 
 from olmolab.cli import main
 from olmolab.posttrain import verifiers
+from olmolab.posttrain.batches import stream_padding_pays_removing
 from olmolab.posttrain.chat_data import BadRow
 from olmolab.posttrain.rlvr import response_streams, rlvr_row, token_logps, tokenize_prompts
 from olmolab.revisions import list_revisions
@@ -88,10 +89,13 @@ def test_token_logps_are_the_full_forwards_log_probs_of_the_labels():
     torch.testing.assert_close(got, expected)
 
 
-def test_the_loss_scores_each_response_token_as_the_sampler_drew_it(tmp_path, chat_tokenizer, monkeypatch):
+@pytest.mark.parametrize("padding_free", [True, False])
+def test_the_loss_scores_each_response_token_as_the_sampler_drew_it(tmp_path, chat_tokenizer, monkeypatch,
+                                                                    padding_free):
     """Before the first update the policy is the sampling policy, so the log-probs the loss uses
     (policy, sampling policy, reference) are those `generate` drew each token with: at the
-    rollout's temperature, and over the model's vocabulary, not the embedding's padding rows."""
+    rollout's temperature, and over the model's vocabulary, not the embedding's padding rows;
+    with each micro-batch's group rows scored as one row without their padding, or padded."""
     from olmolab import ModelConfig, Transformer
     from olmolab.generation import decode, sampling
     from olmolab.model_files import save_model
@@ -106,7 +110,7 @@ def test_the_loss_scores_each_response_token_as_the_sampler_drew_it(tmp_path, ch
          "dataset": "gsm8k"} for a in range(4)])
     config = write_config(tmp_path / "rlvr.yaml", checkpoint, "rlvr",
                           {"paths": [prompts], "max_seq_len": MAX_SEQ_LEN, "samples_per_prompt": 4,
-                           "response_length": 12, "temperature": 0.7},
+                           "response_length": 12, "temperature": 0.7, "padding_free": padding_free},
                           {"global_batch_size": 4, "micro_batch_size": 2}, {"lr": 1e-3}, {"name": "constant"})
     trainer = RLVRTrainer(load_post_train_config("rlvr", config))
 
@@ -127,6 +131,9 @@ def test_the_loss_scores_each_response_token_as_the_sampler_drew_it(tmp_path, ch
         for row, logp in zip(running, logps.tolist(), strict=True):
             sampled[row].append(logp)
         running = [row for row, token in zip(running, tokens, strict=True) if token != model.config.eos_token_id]
+    micro_batches = [{k: batch[k][rows] for k in ("positions", "stream_lengths")} for rows in (slice(0, 2), slice(2, 4))]
+    # the prompts differ in length: with padding_free, the first goes as one row, the second padded
+    assert [stream_padding_pays_removing(micro) for micro in micro_batches] == [True, False]
     responses = batch["labels"] != -100
     expected = torch.zeros(responses.shape).masked_scatter(responses, torch.tensor([x for row in sampled for x in row]))
     assert responses.sum() == sum(map(len, sampled))

@@ -12,6 +12,7 @@ run the same shapes, and the step's token count is the same number everywhere.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 
 from olmolab.errors import UserError
 from olmolab.kernels import round_up
+from olmolab.model.loss import IGNORE_INDEX
 from olmolab.model.shared_prefix import SharedPrefix, layout
 
 
@@ -100,16 +102,36 @@ def stream_batch(streams: Sequence[tuple[int, list[int], dict[str, np.ndarray]]]
     return batch
 
 
-def unpadded_streams(batch: dict[str, torch.Tensor], multiple: int = 1) -> tuple[torch.Tensor, int, dict]:
-    """A `stream_batch`'s rows laid end to end as one stream row without their padding: what
-    `padding_free` does for rows of conversations, for rows that are streams already (a DPO
-    pair's, a GRPO group's). Each conversation keeps its attention row and RoPE positions; only
-    where their tokens sit in the stream changes.
+@dataclass(frozen=True)
+class UnpaddedStreams:
+    """A `stream_batch`'s rows laid end to end as one stream row without their padding (see
+    `unpadded_streams`): the model's inputs, and the way back to the rows."""
 
-    Returns (the flat indices into the (B, T) rows of the stream's N tokens, which come first in
-    it; the stream's length, N rounded up to `multiple`; the model's keyword arguments for it: its
-    (1, length) RoPE positions and its `SharedPrefix`, one attention row per conversation of every
-    stream row, of the same length S), on the batch's device."""
+    input_ids: torch.Tensor
+    """(1, length): the rows' tokens, then `pad_id`s up to a multiple."""
+    labels: torch.Tensor
+    """(1, length), IGNORE_INDEX on the padding."""
+    inputs: dict
+    """The model's other keyword arguments: the (1, length) RoPE positions and the `SharedPrefix`."""
+    index: torch.Tensor
+    """The flat indices into the (B, T) rows of the stream's tokens, in stream order."""
+    shape: torch.Size
+    """(B, T)."""
+
+    def restore(self, values: torch.Tensor) -> torch.Tensor:
+        """(1, length) per-token values of the stream -> (B, T) per row, 0 on the rows' padding
+        (differentiable)."""
+        n = len(self.index)
+        return values.new_zeros(self.shape.numel()).index_copy(0, self.index, values[0, :n]).view(self.shape)
+
+
+def unpadded_streams(batch: dict[str, torch.Tensor], multiple: int = 1, pad_id: int = 0) -> UnpaddedStreams:
+    """A `stream_batch`'s rows (input_ids, labels and the stream layout) as one stream row without
+    their padding: what `padding_free` does for rows of conversations, for rows that are streams
+    already (a DPO pair's, a GRPO group's). Each conversation keeps its attention row (of the same
+    length S) and its RoPE positions; only where its tokens sit in the stream changes. The
+    stream's length is its token count rounded up to `multiple`
+    (`olmolab.kernels.token_multiple`), with `pad_id`s, unlabelled."""
     positions, rows, outputs = batch["positions"], batch["rows"], batch["outputs"]
     (B, T), (K, S) = positions.shape, rows.shape[1:]
     real = torch.arange(T, device=positions.device)[None] < batch["stream_lengths"][:, None]  # (B, T)
@@ -122,10 +144,12 @@ def unpadded_streams(batch: dict[str, torch.Tensor], multiple: int = 1) -> tuple
     row_starts = torch.arange(B, device=positions.device)
     new_rows = moved[(rows + T * row_starts[:, None, None]).flatten()].view(1, B * K, S)
     # Outputs name places in the (B * K, S) attention rows, row-major: stream row b's start at b K S.
-    new_outputs = (outputs + K * S * row_starts[:, None]).flatten()[index]
-    padded = lambda t: F.pad(t, (0, length - len(index)))[None]  # noqa: E731  (place 0, position 0: dropped)
-    return index, length, {"positions": padded(positions.flatten()[index]),
-                           "shared_prefix": SharedPrefix(new_rows, padded(new_outputs))}
+    new_outputs = outputs + K * S * row_starts[:, None]
+    # The padding at the stream's end takes place 0 and position 0; nothing reads it.
+    unpadded = lambda t, pad=0: F.pad(t.flatten()[index], (0, length - len(index)), value=pad)[None]  # noqa: E731
+    return UnpaddedStreams(unpadded(batch["input_ids"], pad_id), unpadded(batch["labels"], IGNORE_INDEX),
+                           {"positions": unpadded(positions), "shared_prefix": SharedPrefix(new_rows, unpadded(new_outputs))},
+                           index, positions.shape)
 
 
 def stream_padding_pays_removing(batch: dict[str, torch.Tensor]) -> bool:

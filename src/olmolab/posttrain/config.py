@@ -116,6 +116,10 @@ class RLVRConfig(ChatDataConfig):
     share_prefix: bool = True
     """Score a group's responses as one stream row, the prompt computed once for all of them
     (olmolab.model.shared_prefix): the same log-probs, less work. false: each conversation whole."""
+    padding_free: bool = True
+    """Score each micro-batch's group rows as one row without padding where that pays (see
+    olmolab.posttrain.batches.unpadded_streams): the same log-probs, less work. false: the padded
+    rows as they are."""
     response_length: int = 256
     """At most this many response tokens; a response still going then is cut off."""
     temperature: float = 1.0

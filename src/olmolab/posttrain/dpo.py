@@ -83,11 +83,8 @@ def pair_scores(model, batch: dict[str, Tensor], average: bool, padding_free: bo
     to `multiple`, `olmolab.kernels.token_multiple`, with `pad_id`s, unlabelled)."""
     labels = batch["labels"]
     if padding_free and stream_padding_pays_removing(batch):
-        index, length, inputs = unpadded_streams(batch, multiple)
-        unpadded = lambda t, pad: F.pad(t.flatten()[index], (0, length - len(index)), value=pad)[None]  # noqa: E731
-        flat = model(unpadded(batch["input_ids"], pad_id), unpadded(labels, IGNORE_INDEX), label_log_probs=True,
-                     **inputs)
-        log_probs = flat.new_zeros(labels.numel()).index_copy(0, index, flat[0, : len(index)]).view(labels.shape)
+        stream = unpadded_streams(batch, multiple, pad_id)
+        log_probs = stream.restore(model(stream.input_ids, stream.labels, label_log_probs=True, **stream.inputs))
     else:
         log_probs = model(batch["input_ids"], labels, label_log_probs=True, **stream_inputs(batch))  # 0 where unlabelled
     labelled = labels != IGNORE_INDEX

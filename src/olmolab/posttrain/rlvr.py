@@ -47,7 +47,12 @@ from olmolab.errors import UserError
 from olmolab.generation import GenerationConfig, generate
 from olmolab.model.loss import IGNORE_INDEX
 from olmolab.model.shared_prefix import SharedPrefix, stream
-from olmolab.posttrain.batches import stream_batch, stream_inputs
+from olmolab.posttrain.batches import (
+    stream_batch,
+    stream_inputs,
+    stream_padding_pays_removing,
+    unpadded_streams,
+)
 from olmolab.posttrain.chat_data import BadRow, check_messages, read_rows
 from olmolab.posttrain.config import RLVRConfig
 from olmolab.posttrain.engine import PostTrainer
@@ -293,8 +298,12 @@ class RLVRTrainer(PostTrainer):
         grpo_fast divides the logits by the temperature too). Scored at temperature 1 instead, a
         rollout at 0.7 would push on the log-probs of a distribution nobody samples from, and the
         KL would be measured between two others."""
-        return token_logps(model, batch["input_ids"][rows], batch["labels"][rows], temperature=self.config.data.temperature,
-                           vocab_size=self.config.model.vocab_size, **stream_inputs(batch, rows))
+        at_temperature = {"temperature": self.config.data.temperature, "vocab_size": self.config.model.vocab_size}
+        part = {key: batch[key][rows] for key in ("input_ids", "labels", "positions", "rows", "outputs", "stream_lengths")}
+        if self.config.data.padding_free and stream_padding_pays_removing(part):
+            stream = unpadded_streams(part, self.token_multiple, self.config.model.pad_token_id)
+            return stream.restore(token_logps(model, stream.input_ids, stream.labels, **at_temperature, **stream.inputs))
+        return token_logps(model, part["input_ids"], part["labels"], **at_temperature, **stream_inputs(part))
 
     def _write_samples(self, prompts: list[Prompt], texts: list[str], scores: Tensor, rewards: Tensor) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
