@@ -212,7 +212,7 @@ class DPOTrainer(PostTrainer):
             torch.save(scores, tmp)
             tmp.replace(path)
         dist_utils.barrier()
-        return torch.load(path)
+        return torch.load(path, weights_only=True)  # a dict of tensors: never unpickle code
 
     def collate(self, items: list[int]) -> dict[str, Tensor]:
         batch = collate_pairs([self.examples[i] for i in items], self.config.model.pad_token_id,
