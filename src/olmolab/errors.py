@@ -11,3 +11,11 @@ class UserError(Exception):
 def first_line(error: BaseException) -> str:
     """The first line of an exception's message: libraries' errors can run to dozens of lines."""
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def unpickling_refusal(error: BaseException) -> str:
+    """What torch's restricted unpickler (`torch.load(weights_only=True)`) refused, in one line:
+    the line naming the refused global where there is one. Its message's first line suggests
+    loading again with weights_only=False, which runs whatever the file holds: never repeated."""
+    lines = [line.strip() for line in str(error).splitlines()]
+    return next((line for line in lines if "GLOBAL" in line or "Unsupported" in line), "not tensors")

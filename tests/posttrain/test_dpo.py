@@ -15,6 +15,8 @@ from olmolab.posttrain import dpo
 from olmolab.posttrain.batches import stream_padding_pays_removing
 from olmolab.posttrain.chat_data import preference_row, read_rows
 from olmolab.train.metrics import read_metrics
+from tests.conftest import assert_one_line_error, run_cli
+from tests.test_model_files import RunsACommand
 
 from .conftest import write_jsonl
 
@@ -153,6 +155,32 @@ def test_only_the_last_assistant_turn_is_scored(chat_tokenizer):
     for side, answer in ((~rejected, "4"), (rejected, "5")):
         scored = labels[side & (labels != IGNORE_INDEX)]
         assert chat_tokenizer.decode(scored.tolist()) == answer + "<|endoftext|>"
+
+
+def test_a_reference_cache_holding_code_or_other_scores_is_refused_in_one_line(dpo_config, tmp_path, capsys):
+    """The cache sits in the run directory, which a user may have been handed: it is read by
+    torch's restricted unpickler, never run, and one that does not fit the data is refused."""
+    assert main(["dpo", str(dpo_config(max_steps=1))]) == 0
+    (scored,) = (tmp_path / "dpo").glob("reference_logps-*.pt")  # its name: the data's and reference's key
+    config = dpo_config("handed.yaml", run_dir=str(tmp_path / "handed"))
+    cache = tmp_path / "handed" / scored.name
+    cache.parent.mkdir()
+    marker = tmp_path / "pwned"
+    torch.save({"chosen": RunsACommand(marker), "rejected": torch.zeros(16)}, cache)
+    code, _, err = run_cli(capsys, "dpo", config)
+    assert_one_line_error(code, last_line(err), f"{cache}: refused: it holds objects other than tensors",
+                          "GLOBAL posix.system", "delete it, and the next run scores the reference again")
+    assert not marker.exists() and "weights_only` set to `False" not in err and "Traceback" not in err
+    torch.save({"chosen": torch.zeros(15), "rejected": torch.zeros(15)}, cache)
+    code, _, err = run_cli(capsys, "dpo", config)
+    assert_one_line_error(code, last_line(err),
+                          f"{cache}: expected the reference's chosen and rejected scores of 16 pairs")
+
+
+def last_line(err: str) -> str:
+    """stderr's last line (an in-process run may say first that this process's threads keep
+    denormal floats: olmolab/denormals.py)."""
+    return err.strip().splitlines()[-1] + "\n"
 
 
 def test_dpo_caches_the_reference_before_training_reuses_it_on_resume_and_logs_rewards(dpo_config, tmp_path,

@@ -29,6 +29,7 @@ training holds one model. A resumed run finds the file and reuses it.
 from __future__ import annotations
 
 import hashlib
+import pickle
 import sys
 from collections import Counter
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from olmolab import model_files
+from olmolab.errors import UserError, first_line, unpickling_refusal
 from olmolab.model.loss import IGNORE_INDEX
 from olmolab.model.shared_prefix import stream
 from olmolab.posttrain.batches import (
@@ -179,6 +181,23 @@ def reference_scores(model, pairs: list[PreferencePair], pad_id: int, batch_size
     return {side: torch.cat(values) for side, values in scores.items()}
 
 
+def load_reference_scores(path: Path, pairs: int) -> dict[str, Tensor]:
+    """The reference's cached scores ({"chosen", "rejected"}: (pairs,) each), read by torch's
+    restricted unpickler: a file holding anything but tensors is refused, never run."""
+    delete = "delete it, and the next run scores the reference again"
+    try:
+        scores = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UserError(f"{path}: refused: it holds objects other than tensors, which olmolab never "
+                        f"unpickles ({unpickling_refusal(e)}); {delete}") from e
+    except (RuntimeError, EOFError) as e:
+        raise UserError(f"{path}: cannot read the reference's scores ({first_line(e)}); {delete}") from e
+    if not (isinstance(scores, dict) and set(scores) == {"chosen", "rejected"}
+            and all(isinstance(t, Tensor) and t.shape == (pairs,) for t in scores.values())):
+        raise UserError(f"{path}: expected the reference's chosen and rejected scores of {pairs} pairs; {delete}")
+    return scores
+
+
 # ---------------------------------------------------------------------- training
 
 
@@ -212,7 +231,7 @@ class DPOTrainer(PostTrainer):
             torch.save(scores, tmp)
             tmp.replace(path)
         dist_utils.barrier()
-        return torch.load(path, weights_only=True)  # a dict of tensors: never unpickle code
+        return load_reference_scores(path, len(self.examples))
 
     def collate(self, items: list[int]) -> dict[str, Tensor]:
         batch = collate_pairs([self.examples[i] for i in items], self.config.model.pad_token_id,
