@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import statistics
 import sys
 import time
@@ -67,8 +68,26 @@ def keep_freed_memory_if_asked(args: argparse.Namespace) -> None:
 
 
 def setup(threads: int = 2, seed: int = 0) -> None:
+    """Threads and seed for a benchmark; the first call prints the machine the figures come from."""
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
+    if not _said_machine:
+        print(machine(), flush=True)
+        _said_machine.append(True)
+
+
+_said_machine: list[bool] = []
+
+
+def machine() -> str:
+    """The CPU (the figures differ between this project's AMD EPYC and Intel Xeon machines), its
+    bf16 unit, the library olmolab's fp32 products run on there, and torch's version."""
+    from olmolab.kernels.cpu_matmul import cpu_bf16_matmul_unit, cpu_matmul_library, cpu_vendor
+    from olmolab.train.energy import cpu_model_name
+
+    return (f"machine: {cpu_model_name()} ({cpu_vendor() or 'vendor unknown'}, {os.cpu_count()} CPUs, bf16 unit "
+            f"{cpu_bf16_matmul_unit() or 'none'}, olmolab's fp32 products on {cpu_matmul_library()}), "
+            f"torch {torch.__version__}")
 
 
 def median_time(fn: Callable[[], object], repeats: int) -> float:

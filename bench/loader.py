@@ -80,6 +80,9 @@ def main() -> int:
     try:
         write_corpus(root / "1x", args.base_tokens)
         write_corpus(root / "8x", 8 * args.base_tokens)
+        from common import machine
+
+        print(machine())
         print(f"loader benchmark: batches of {BATCH} x {SEQ_LEN} tokens, {args.batches} batches per measurement")
         for workers in (0, 2):
             r = run_child(root / "1x", args.batches, workers)

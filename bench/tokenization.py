@@ -99,6 +99,9 @@ def main() -> int:
     if args.child is not None:
         measure(args.child, args.rounds)
         return 0
+    from common import machine  # (torch with it: only in this parent process)
+
+    print(machine())
     print(
         f"tokenize benchmark, {os.cpu_count()} CPUs; ratio = olmolab speed / anchor speed at the same parallelism "
         "(median of per-round ratios); CPU-time ratio = anchor CPU seconds / ours, the overhead without scheduling noise"
