@@ -157,6 +157,11 @@ def test_only_the_last_assistant_turn_is_scored(chat_tokenizer):
         assert chat_tokenizer.decode(scored.tolist()) == answer + "<|endoftext|>"
 
 
+def test_scoring_the_reference_shows_its_progress(dpo_config, capsys):
+    assert main(["dpo", str(dpo_config(max_steps=1, progress=True))]) == 0
+    assert "reference: scoring 16 pairs" in capsys.readouterr().err
+
+
 def test_a_reference_cache_holding_code_or_other_scores_is_refused_in_one_line(dpo_config, tmp_path, capsys):
     """The cache sits in the run directory, which a user may have been handed: it is read by
     torch's restricted unpickler, never run, and one that does not fit the data is refused."""
