@@ -174,17 +174,19 @@ class Tokenizer:
         The rendered string is tokenized whole (tokenizing turn by turn could merge differently at
         the seams); a token is trained when its first character lies inside a span.
         """
-        text, spans = self.render_chat(messages, add_generation_prompt=add_generation_prompt)
-        if last_turn_only:
-            spans = spans[-1:]
-        encoding = self.hf.encode(text, add_special_tokens=False)
-        starts = [start for start, _ in encoding.offsets]
-        trained = [False] * len(starts)
-        for span_start, span_end in spans:
-            first = bisect.bisect_left(starts, span_start)
-            for i in range(first, bisect.bisect_left(starts, span_end)):
-                trained[i] = True
-        return encoding.ids, trained
+        return self.encode_chats_with_mask([messages], add_generation_prompt=add_generation_prompt,
+                                           last_turn_only=last_turn_only)[0]
+
+    def encode_chats_with_mask(
+        self, conversations: Sequence[Sequence[Mapping[str, str]]], *, add_generation_prompt: bool = False,
+        last_turn_only: bool = False,
+    ) -> list[tuple[list[int], list[bool]]]:
+        """`encode_chat_with_mask` of many conversations, encoded in parallel by `tokenizers` (its
+        own thread pool): post-training tokenizes its whole dataset before the first step."""
+        rendered = [self.render_chat(m, add_generation_prompt=add_generation_prompt) for m in conversations]
+        encodings = self.hf.encode_batch([text for text, _ in rendered], add_special_tokens=False)
+        return [(e.ids, _trained_mask([start for start, _ in e.offsets], spans[-1:] if last_turn_only else spans))
+                for e, (_, spans) in zip(encodings, rendered, strict=True)]
 
     def render_chat(
         self, messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool = False
@@ -233,6 +235,16 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
 )
 GENERATION_PROMPT = "<|assistant|>\n"
+
+
+def _trained_mask(starts: list[int], spans: list[tuple[int, int]]) -> list[bool]:
+    """Per token (by the character it starts at), whether it starts inside one of `spans`."""
+    trained = [False] * len(starts)
+    for span_start, span_end in spans:
+        first = bisect.bisect_left(starts, span_start)
+        for i in range(first, bisect.bisect_left(starts, span_end)):
+            trained[i] = True
+    return trained
 
 
 def render_chat(

@@ -12,6 +12,7 @@ from olmolab import ModelConfig, Transformer
 from olmolab.cli import main
 from olmolab.errors import UserError
 from olmolab.model.loss import IGNORE_INDEX
+from olmolab.posttrain import sft
 from olmolab.posttrain.batches import padding_free
 from olmolab.posttrain.chat_data import read_rows, sft_row
 from olmolab.posttrain.config import load_post_train_config
@@ -31,6 +32,21 @@ from .conftest import conversation, write_jsonl
 def examples(tokenizer, n=6, seed=0):
     rng = random.Random(seed)
     return tokenize_conversations([conversation(rng) for _ in range(n)], tokenizer, 1000, "truncate", Counter())
+
+
+def test_conversations_tokenized_in_parallel_chunks_are_each_as_if_alone(chat_tokenizer, monkeypatch):
+    rng = random.Random(1)
+    rows = [conversation(rng) for _ in range(7)]
+    monkeypatch.setattr(sft, "TOKENIZE_CHUNK", 3)  # chunks of 3, 3 and 1
+    chunked = tokenize_conversations(rows, chat_tokenizer, 1000, "truncate", Counter())
+    for example, messages in zip(chunked, rows, strict=True):
+        ids, trained = chat_tokenizer.encode_chat_with_mask(messages)
+        assert example.ids.tolist() == ids and example.trained.tolist() == trained
+
+
+def test_tokenizing_the_data_shows_its_progress(sft_config, capsys):
+    assert main(["sft", str(sft_config(max_steps=1, progress=True))]) == 0
+    assert "tokenizing conversations" in capsys.readouterr().err
 
 
 def test_labels_are_the_next_token_on_assistant_turns_only(chat_tokenizer):

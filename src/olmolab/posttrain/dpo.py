@@ -54,7 +54,7 @@ from olmolab.posttrain.batches import (
 from olmolab.posttrain.chat_data import preference_row, read_rows
 from olmolab.posttrain.config import DPOConfig
 from olmolab.posttrain.engine import PostTrainer
-from olmolab.posttrain.sft import ChatExample, chat_example, segment_labels
+from olmolab.posttrain.sft import ChatExample, fitted_example, segment_labels, tokenized_chats
 from olmolab.train import distributed as dist_utils
 
 # ---------------------------------------------------------------------- the loss
@@ -106,16 +106,18 @@ class PreferencePair:
     rejected: ChatExample
 
 
-def tokenize_pairs(rows: list, tokenizer, max_seq_len: int, overlong: str, counts: Counter) -> list[PreferencePair]:
-    """Pairs whose two sides are both kept (see `chat_example`); `counts` gains dropped_pairs."""
+def tokenize_pairs(rows: list, tokenizer, max_seq_len: int, overlong: str, counts: Counter,
+                   progress: str | None = None) -> list[PreferencePair]:
+    """Pairs whose two sides are both kept (see `fitted_example`), only their last turns trained;
+    `counts` gains dropped_pairs."""
+    sides = tokenized_chats([side for pair in rows for side in pair], tokenizer, progress, last_turn_only=True)
     pairs = []
-    for chosen, rejected in rows:
-        sides = [chat_example(m, tokenizer, max_seq_len, overlong, counts, last_turn_only=True)
-                 for m in (chosen, rejected)]
-        if None in sides:
+    for chosen, rejected in zip(sides, sides, strict=False):  # the iterator's items two at a time
+        kept = [fitted_example(ids, trained, max_seq_len, overlong, counts) for ids, trained in (chosen, rejected)]
+        if None in kept:
             counts["dropped_pairs"] += 1
             continue
-        pairs.append(PreferencePair(*sides))
+        pairs.append(PreferencePair(*kept))
     return pairs
 
 
@@ -208,7 +210,8 @@ class DPOTrainer(PostTrainer):
     def load_examples(self, counts: Counter) -> list[PreferencePair]:
         section: DPOConfig = self.config.data
         rows = read_rows(section.paths, preference_row, skip_bad=section.skip_bad, counts=counts)
-        return tokenize_pairs(rows, self.tokenizer, section.max_seq_len, section.overlong, counts)
+        return tokenize_pairs(rows, self.tokenizer, section.max_seq_len, section.overlong, counts,
+                              self.data_progress("tokenizing pairs"))
 
     def example_arrays(self, pair: PreferencePair) -> list[np.ndarray]:
         return [pair.chosen.ids, pair.chosen.trained, pair.rejected.ids, pair.rejected.trained]

@@ -61,6 +61,11 @@ class PostTrainer(Trainer):
         self.validation = None
         self.tokens_per_step = tc.global_batch_size * section.max_seq_len  # an upper bound, for the ETA only
 
+    def data_progress(self, label: str) -> str | None:
+        """A progress bar's label for work on the data before the first step, or None (no bar)
+        where progress is off or on a rank other than 0."""
+        return label if self.config.trainer.progress and self.rank == 0 else None
+
     @property
     def token_multiple(self) -> int:
         """What batches round their token counts up to (`olmolab.kernels.token_multiple`)."""

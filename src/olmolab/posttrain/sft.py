@@ -27,11 +27,13 @@ least 1/16 of their positions (`padding_pays_removing`); packed rows always (it 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from olmolab.kernels import round_up
 from olmolab.model.loss import IGNORE_INDEX
@@ -50,11 +52,11 @@ class ChatExample:
     """bool (T,): which tokens are targets of the loss."""
 
 
-def chat_example(messages, tokenizer, max_seq_len: int, overlong: str, counts: Counter,
-                 last_turn_only: bool = False) -> ChatExample | None:
-    """A conversation as an example, or None (counted) if it is too long to keep or has nothing
-    to train on; `counts` gains truncated, dropped_overlong and dropped_untrained."""
-    ids, trained = tokenizer.encode_chat_with_mask(messages, last_turn_only=last_turn_only)
+def fitted_example(ids: list[int], trained: list[bool], max_seq_len: int, overlong: str,
+                   counts: Counter) -> ChatExample | None:
+    """A tokenized conversation (`Tokenizer.encode_chat_with_mask`) as an example, or None
+    (counted) if it is too long to keep or has nothing to train on; `counts` gains truncated,
+    dropped_overlong and dropped_untrained."""
     if len(ids) > max_seq_len:
         if overlong == "drop":
             counts["dropped_overlong"] += 1
@@ -67,8 +69,27 @@ def chat_example(messages, tokenizer, max_seq_len: int, overlong: str, counts: C
     return ChatExample(np.asarray(ids, dtype=np.int64), np.asarray(trained, dtype=bool))
 
 
-def tokenize_conversations(rows: list, tokenizer, max_seq_len: int, overlong: str, counts: Counter) -> list[ChatExample]:
-    examples = (chat_example(messages, tokenizer, max_seq_len, overlong, counts) for messages in rows)
+# Conversations tokenized at once (`Tokenizer.encode_chats_with_mask`): enough to keep tokenizers'
+# threads busy, few enough that the progress bar moves.
+TOKENIZE_CHUNK = 1024
+
+
+def tokenized_chats(conversations: list, tokenizer, progress: str | None = None,
+                    last_turn_only: bool = False) -> Iterator[tuple[list[int], list[bool]]]:
+    """(ids, trained) of each conversation, in order, tokenized in parallel chunks; with a
+    progress bar labelled `progress` (a dataset like Tülu 3's SFT mix takes minutes)."""
+    with tqdm(total=len(conversations), desc=progress, unit="conversation", disable=progress is None,
+              leave=False) as bar:
+        for start in range(0, len(conversations), TOKENIZE_CHUNK):
+            chunk = conversations[start : start + TOKENIZE_CHUNK]
+            yield from tokenizer.encode_chats_with_mask(chunk, last_turn_only=last_turn_only)
+            bar.update(len(chunk))
+
+
+def tokenize_conversations(rows: list, tokenizer, max_seq_len: int, overlong: str, counts: Counter,
+                           progress: str | None = None) -> list[ChatExample]:
+    examples = (fitted_example(ids, trained, max_seq_len, overlong, counts)
+                for ids, trained in tokenized_chats(rows, tokenizer, progress))
     return [e for e in examples if e is not None]
 
 
@@ -120,7 +141,8 @@ class SFTTrainer(PostTrainer):
     def load_examples(self, counts: Counter) -> list[list[ChatExample]]:
         section: SFTConfig = self.config.data
         rows = read_rows(section.paths, sft_row, skip_bad=section.skip_bad, counts=counts)
-        examples = tokenize_conversations(rows, self.tokenizer, section.max_seq_len, section.overlong, counts)
+        examples = tokenize_conversations(rows, self.tokenizer, section.max_seq_len, section.overlong, counts,
+                                          self.data_progress("tokenizing conversations"))
         if not section.packing:
             return [[e] for e in examples]
         packs = pack([len(e.ids) for e in examples], section.max_seq_len)
