@@ -57,6 +57,7 @@ from olmolab.posttrain.chat_data import BadRow, check_messages, read_rows
 from olmolab.posttrain.config import RLVRConfig
 from olmolab.posttrain.engine import PostTrainer
 from olmolab.posttrain.grpo import group_advantages, grpo_token_loss, rewards_of
+from olmolab.posttrain.sft import tokenized_chats
 from olmolab.posttrain.verifiers import verifier_for
 from olmolab.train import distributed as dist_utils
 
@@ -86,11 +87,12 @@ def rlvr_row(row: Any) -> tuple[list, Any, str]:
     return messages, row["ground_truth"], row["dataset"]
 
 
-def tokenize_prompts(rows: list, tokenizer, max_prompt_len: int, counts: Counter) -> list[Prompt]:
+def tokenize_prompts(rows: list, tokenizer, max_prompt_len: int, counts: Counter,
+                     progress: str | None = None) -> list[Prompt]:
     """Prompts in the chat template; one longer than `max_prompt_len` is dropped (and counted)."""
     prompts = []
-    for messages, ground_truth, dataset in rows:
-        ids = tokenizer.encode_chat(messages, add_generation_prompt=True)
+    encoded = tokenized_chats([messages for messages, _, _ in rows], tokenizer, progress, add_generation_prompt=True)
+    for (_, ground_truth, dataset), (ids, _) in zip(rows, encoded, strict=True):
         if len(ids) > max_prompt_len:
             counts["dropped_overlong"] += 1
             continue
@@ -146,7 +148,8 @@ class RLVRTrainer(PostTrainer):
     def load_examples(self, counts: Counter) -> list[Prompt]:
         section: RLVRConfig = self.config.data
         rows = read_rows(section.paths, rlvr_row, skip_bad=section.skip_bad, counts=counts)
-        return tokenize_prompts(rows, self.tokenizer, section.max_seq_len - section.response_length, counts)
+        return tokenize_prompts(rows, self.tokenizer, section.max_seq_len - section.response_length, counts,
+                                self.data_progress("tokenizing prompts"))
 
     def example_arrays(self, prompt: Prompt) -> list[np.ndarray]:
         answer = json.dumps([prompt.ground_truth, prompt.dataset]).encode()

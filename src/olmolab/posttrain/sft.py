@@ -74,15 +74,17 @@ def fitted_example(ids: list[int], trained: list[bool], max_seq_len: int, overlo
 TOKENIZE_CHUNK = 1024
 
 
-def tokenized_chats(conversations: list, tokenizer, progress: str | None = None,
-                    last_turn_only: bool = False) -> Iterator[tuple[list[int], list[bool]]]:
-    """(ids, trained) of each conversation, in order, tokenized in parallel chunks; with a
-    progress bar labelled `progress` (a dataset like Tülu 3's SFT mix takes minutes)."""
+def tokenized_chats(conversations: list, tokenizer, progress: str | None = None, *, last_turn_only: bool = False,
+                    add_generation_prompt: bool = False) -> Iterator[tuple[list[int], list[bool]]]:
+    """(ids, trained) of each conversation (`Tokenizer.encode_chat_with_mask`), in order,
+    tokenized in parallel chunks; with a progress bar labelled `progress` (a dataset like Tülu
+    3's SFT mix takes minutes)."""
     with tqdm(total=len(conversations), desc=progress, unit="conversation", disable=progress is None,
               leave=False) as bar:
         for start in range(0, len(conversations), TOKENIZE_CHUNK):
             chunk = conversations[start : start + TOKENIZE_CHUNK]
-            yield from tokenizer.encode_chats_with_mask(chunk, last_turn_only=last_turn_only)
+            yield from tokenizer.encode_chats_with_mask(chunk, last_turn_only=last_turn_only,
+                                                        add_generation_prompt=add_generation_prompt)
             bar.update(len(chunk))
 
 
