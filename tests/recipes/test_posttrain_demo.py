@@ -25,5 +25,7 @@ def test_the_post_training_demonstration_runs_and_prints_its_table(tmp_path, sha
     # the RLVR stage ran from the SFT model, with the task's verifier, and was scored
     assert re.search(r"RLVR \(from SFT\) +\d+\.\d%", result.stdout), result.stdout
     assert "RLVR: 2 steps; sampled answers" in result.stdout
+    assert re.search(r"held-out, sampled at RLVR's temperature 0.3, 8 draws each: SFT \d+\.\d%, RLVR \d+\.\d%", result.stdout)
     results = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert 0 <= results["accuracy"]["RLVR (from SFT)"] <= 1 and results["seconds"]["rlvr"] > 0
+    assert set(results["sampled_accuracy"]) == {"SFT", "RLVR"}
