@@ -146,17 +146,29 @@ def unpadded_streams(batch: dict[str, torch.Tensor], multiple: int = 1, pad_id: 
     # Outputs name places in the (B * K, S) attention rows, row-major: stream row b's start at b K S.
     new_outputs = outputs + K * S * row_starts[:, None]
     # The padding at the stream's end takes place 0 and position 0; nothing reads it.
-    unpadded = lambda t, pad=0: F.pad(t.flatten()[index], (0, length - len(index)), value=pad)[None]  # noqa: E731
+    unpadded = lambda t, pad=0: stream_row(t, index, length, pad)  # noqa: E731
     return UnpaddedStreams(unpadded(batch["input_ids"], pad_id), unpadded(batch["labels"], IGNORE_INDEX),
                            {"positions": unpadded(positions), "shared_prefix": SharedPrefix(new_rows, unpadded(new_outputs))},
                            index, positions.shape)
 
 
+def stream_row(t: torch.Tensor, index: torch.Tensor, length: int, pad: int) -> torch.Tensor:
+    """(1, length): padded rows `t`'s values at the flat indices `index` (a stream's tokens, as
+    `padding_free` and `unpadded_streams` give them), then `pad` up to `length`."""
+    return F.pad(t.flatten()[index], (0, length - len(index)), value=pad)[None]
+
+
+def padding_pays_removing(padding: int, positions: int) -> bool:
+    """Whether rows holding `padding` padded positions of `positions` are faster as one stream row
+    without it: from 1/16 on. Below, the stream's gathers (of the attention's inputs and outputs,
+    each layer) cost about what the padding does."""
+    return padding * 16 >= positions
+
+
 def stream_padding_pays_removing(batch: dict[str, torch.Tensor]) -> bool:
-    """Whether a `stream_batch` holds enough padding that one stream row without it
-    (`unpadded_streams`) is faster: from 1/16 of its positions on, as for SFT's rows
-    (`olmolab.posttrain.sft.padding_pays_removing`)."""
-    return (batch["positions"].numel() - int(batch["stream_lengths"].sum())) * 16 >= batch["positions"].numel()
+    """`padding_pays_removing` for a `stream_batch` (`unpadded_streams`)."""
+    return padding_pays_removing(batch["positions"].numel() - int(batch["stream_lengths"].sum()),
+                                 batch["positions"].numel())
 
 
 def stream_inputs(batch: dict[str, torch.Tensor], rows: slice = slice(None)) -> dict:

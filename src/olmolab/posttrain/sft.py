@@ -32,12 +32,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from olmolab.kernels import round_up
 from olmolab.model.loss import IGNORE_INDEX
-from olmolab.posttrain.batches import pad_rows, padding_free
+from olmolab.posttrain import batches
+from olmolab.posttrain.batches import pad_rows, padding_free, stream_row
 from olmolab.posttrain.chat_data import read_rows, sft_row
 from olmolab.posttrain.config import SFTConfig
 from olmolab.posttrain.engine import PostTrainer
@@ -183,8 +183,8 @@ class SFTTrainer(PostTrainer):
         packed = "positions" in batch
         if self.config.data.padding_free and (packed or padding_pays_removing(doc_ids)):
             index, length, inputs = padding_free(doc_ids, self.device, self.token_multiple, self.length_multiple)
-            stream = lambda t, pad: F.pad(t.to(self.device).flatten()[index], (0, length - len(index)), value=pad)[None]  # noqa: E731
-            return stream(input_ids, self.config.model.pad_token_id), stream(labels, IGNORE_INDEX), inputs
+            return (stream_row(input_ids.to(self.device), index, length, self.config.model.pad_token_id),
+                    stream_row(labels.to(self.device), index, length, IGNORE_INDEX), inputs)
         input_ids, labels = input_ids.to(self.device), labels.to(self.device)
         if not packed:
             return input_ids, labels, {}
@@ -194,6 +194,5 @@ class SFTTrainer(PostTrainer):
 
 def padding_pays_removing(doc_ids: torch.Tensor) -> bool:
     """Whether rows of one conversation each hold enough padding that a stream row without it
-    (`padding_free`) is faster: from 1/16 of the positions on. Below, the stream's gathers (of
-    the attention's inputs and outputs, each layer) cost about what the padding does."""
-    return int((doc_ids < 0).sum()) * 16 >= doc_ids.numel()
+    (`padding_free`) is faster (`batches.padding_pays_removing`)."""
+    return batches.padding_pays_removing(int((doc_ids < 0).sum()), doc_ids.numel())
