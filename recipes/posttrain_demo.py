@@ -115,9 +115,14 @@ def chat_prompt(tokenizer, numbers: list[int]) -> str:
     return tokenizer.render_chat([{"role": "user", "content": question(numbers)}], add_generation_prompt=True)[0]
 
 
-def accuracy(checkpoint: Path, test: list[list[int]], chat: bool, temperature: float = 0.0, samples: int = 8) -> float:
+# Seeded draws a sampled accuracy averages over: one draw of 300 problems swings by +-2 points.
+SAMPLED_DRAWS = 8
+
+
+def accuracy(checkpoint: Path, test: list[list[int]], chat: bool, temperature: float = 0.0,
+             samples: int = SAMPLED_DRAWS) -> float:
     """The share of `test` answered right: greedy, or sampled at `temperature`, averaged over
-    `samples` seeded draws (one draw of 300 problems swings by +-2 points)."""
+    `samples` seeded draws."""
     model, tokenizer = model_files.load(checkpoint)
     prompts = [chat_prompt(tokenizer, p) if chat else few_shot_prompt(p) for p in test]
     configs = ([GenerationConfig(max_new_tokens=24, temperature=temperature, seed=seed) for seed in range(samples)]
@@ -326,7 +331,8 @@ def main() -> int:
     # as RLVR samples, show what RLVR did to its own distribution.
     sampled = {name: stage(f"eval {name.lower()} sampled", accuracy, checkpoint, test, True, args.rlvr_temperature)
                for name, checkpoint in (("SFT", sft), ("RLVR", rlvr))}
-    print(f"(held-out, sampled at RLVR's temperature {args.rlvr_temperature}, 8 draws each: SFT {sampled['SFT']:.1%}, "
+    print(f"(held-out, sampled at RLVR's temperature {args.rlvr_temperature}, {SAMPLED_DRAWS} draws each: "
+          f"SFT {sampled['SFT']:.1%}, "
           f"RLVR {sampled['RLVR']:.1%})")
     print("seconds per stage: " + ", ".join(f"{name} {t:.0f}" for name, t in timings.items())
           + f"; total {time.time() - started:.0f}")
