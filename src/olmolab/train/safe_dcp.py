@@ -24,7 +24,7 @@ from torch.distributed.checkpoint._traverse import set_element
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 
-from olmolab.errors import UserError, first_line
+from olmolab.errors import UserError, unpickling_refusal
 
 METADATA_FILE = ".metadata"
 
@@ -80,7 +80,7 @@ class SafeLoadPlanner(DefaultLoadPlanner):
             obj = torch.load(value, weights_only=True)
         except pickle.UnpicklingError as e:
             raise UserError(f"checkpoint value {read_item.dest_index.fqn!r} is not plain data; "
-                            f"refused without running it ({first_line(e)})") from e
+                            f"refused without running it ({unpickling_refusal(e)})") from e
         if self.flatten_state_dict:
             set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj)
         else:
