@@ -39,6 +39,19 @@ def test_rms_norm_matches_f_rms_norm_on_a_strided_view():
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rms_norm_with_a_residual_is_the_residual_plus_the_norm(dtype):
+    """OLMo 2's post-norm add in the norm's kernel: residual + norm(x), values and gradients (in
+    bf16 rounded as the two steps round: the norm to bf16, then the sum)."""
+    g = torch.Generator().manual_seed(0)
+    x, residual = (torch.randn(3, 5, 16, generator=g).to(dtype) for _ in range(2))
+    weight = torch.rand(16, generator=g) + 0.5
+    ours = values_and_grads(lambda t, w, r: rms_norm(t, w, 1e-6, r), x, weight, residual)
+    theirs = values_and_grads(lambda t, w, r: r + F.rms_norm(t.float(), (16,), w, 1e-6).to(dtype), x, weight, residual)
+    assert ours[0].dtype == dtype
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
 def test_rotary_matches_rotate_half_and_is_a_rotation():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 7, 3, 8, generator=g)

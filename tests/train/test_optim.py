@@ -3,9 +3,18 @@
 import math
 
 import pytest
+import torch
 
 from olmolab import ModelConfig, Transformer
-from olmolab.train.optim import OptimConfig, SchedulerConfig, lr_at, param_groups
+from olmolab.train.optim import (
+    OptimConfig,
+    SchedulerConfig,
+    build_optimizer,
+    clipped_step,
+    gradient_norm,
+    lr_at,
+    param_groups,
+)
 
 
 def test_embeddings_are_never_decayed_and_norms_follow_the_flag():
@@ -26,6 +35,36 @@ def test_tied_weights_are_optimised_once():
     groups = param_groups(model, OptimConfig())
     ids = [id(p) for g in groups for p in g["params"]]
     assert len(ids) == len(set(ids)) == len({id(p) for p in model.parameters()})
+
+
+def stepped_twice(fused: bool, max_norm: float, ours: bool) -> list[torch.Tensor]:
+    """A tiny model's weights after two AdamW steps on the same gradients, clipped to `max_norm`
+    by `clipped_step` (ours) or by torch's clip_grad_norm_ then step."""
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.preset("olmo2-tiny"))
+    optimizer = build_optimizer(model, OptimConfig(lr=1e-2, fused=fused))
+    ids = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(1))
+    parameters = list(model.parameters())
+    for _ in range(2):
+        model(ids, ids.roll(-1, dims=1)).loss.backward()
+        if ours:
+            clipped_step(optimizer, parameters, max_norm, gradient_norm(parameters))
+        else:
+            torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+            optimizer.step()
+        assert not hasattr(optimizer, "grad_scale")  # the fused kernel's factor is this step's only
+        optimizer.zero_grad(set_to_none=True)
+    return [p.detach() for p in parameters]
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("max_norm", [0.1, math.inf])
+def test_a_clipped_step_is_torchs_clip_grad_norm_then_step(fused, max_norm):
+    """In a fused AdamW the clipping factor is applied inside the kernel (`grad_scale`), an
+    unfused one scales the gradients first: either way the weights of clip_grad_norm_ + step."""
+    torch.testing.assert_close(stepped_twice(fused, max_norm, ours=True), stepped_twice(fused, max_norm, ours=False),
+                               rtol=1e-5, atol=1e-6)  # lr 1e-2: updates equal to ~1e-4 of a step
+    assert stepped_twice(fused, 0.1, ours=True)[0].ne(stepped_twice(fused, math.inf, ours=True)[0]).any()
 
 
 def test_warmup_is_linear_from_warmup_min_lr():

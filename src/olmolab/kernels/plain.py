@@ -15,10 +15,12 @@ def linear(x: Tensor, weight: Tensor) -> Tensor:
     return F.linear(x, weight)
 
 
-def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+def rms_norm(x: Tensor, weight: Tensor, eps: float, residual: Tensor | None = None) -> Tensor:
     """x / rms(x) * weight over the last dimension, in fp32 whatever x's dtype (as OLMo 2 and
-    transformers compute it), returned in x's dtype."""
-    return F.rms_norm(x.float(), (x.shape[-1],), weight.float(), eps).to(x.dtype)
+    transformers compute it), returned in x's dtype; with `residual`, residual + that (OLMo 2's
+    post-norm residual add: x is what a sub-layer returned)."""
+    y = F.rms_norm(x.float(), (x.shape[-1],), weight.float(), eps).to(x.dtype)
+    return y if residual is None else residual + y
 
 
 def rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:

@@ -65,10 +65,12 @@ class Norm(nn.Module):
         self.kind, self.size, self.eps = kind, size, eps
         self.weight = nn.Parameter(torch.ones(size)) if kind == "rmsnorm" else None
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
+        """norm(x), or residual + norm(x) (one kernel: the add rides on the norm's last pass)."""
         if self.kind == "rmsnorm":
-            return kernel("rms_norm")(x, self.weight, self.eps)  # F.rms_norm in fp32
-        return F.layer_norm(x.float(), (self.size,), None, None, self.eps).to(x.dtype)
+            return kernel("rms_norm")(x, self.weight, self.eps, residual)  # F.rms_norm in fp32
+        y = F.layer_norm(x.float(), (self.size,), None, None, self.eps).to(x.dtype)
+        return y if residual is None else residual + y
 
 
 class RotaryEmbedding(nn.Module):
@@ -182,8 +184,8 @@ class Block(nn.Module):
             return h + self.feed_forward(self.feed_forward_norm(h))
         # OLMo 2: normalise what comes out of each sub-layer, before the residual add
         a = self.attention(x, rope, mask, cache, shared_prefix)
-        h = _at(x, outputs_at) + self.attention_norm(_at(a, outputs_at))
-        return h + self.feed_forward_norm(self.feed_forward(h))
+        h = self.attention_norm(_at(a, outputs_at), residual=_at(x, outputs_at))  # x + norm(a)
+        return self.feed_forward_norm(self.feed_forward(h), residual=h)  # h + norm(ff(h))
 
 
 @dataclass(frozen=True)
@@ -231,7 +233,9 @@ def flat_positions(at: LogitsAt, input_ids: Tensor) -> Tensor | None:
 
 def _at(t: Tensor, outputs_at: Tensor | None) -> Tensor:
     """(B, T, d) -> (N, d) at the flat positions `outputs_at` (all of t where None)."""
-    return t if outputs_at is None else t.flatten(0, 1)[outputs_at]
+    # index_select, not t[outputs_at]: its backward adds the rows back (index_add_, ~0.3 ms at
+    # 2056 of 2656 rows of 384) where indexing's accumulates through index_put_ (~2.6 ms).
+    return t if outputs_at is None else t.flatten(0, 1).index_select(0, outputs_at)
 
 
 class Transformer(nn.Module):

@@ -67,6 +67,43 @@ def param_groups(model: nn.Module, config: OptimConfig) -> list[dict]:
     return groups
 
 
+def gradient_norm(parameters: list[nn.Parameter]) -> torch.Tensor:
+    """The L2 norm of all the parameters' gradients together (over every rank's shards, under
+    FSDP2), as `clip_grad_norm_` computes it."""
+    norm = torch.nn.utils.get_total_norm([p.grad for p in parameters if p.grad is not None])
+    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+
+
+def clipped_step(optimizer: torch.optim.Optimizer, parameters: list[nn.Parameter], max_norm: float,
+                 norm: torch.Tensor) -> None:
+    """optimizer.step() on the gradients scaled down to a norm of at most `max_norm`, as after
+    `torch.nn.utils.clip_grad_norm_` (the same factor: max_norm / (norm + 1e-6) where below 1).
+
+    A fused AdamW over plain tensors takes the factor into its kernel, which divides each
+    gradient by the optimizer's `grad_scale` as it reads it (the hook PyTorch's GradScaler uses
+    to unscale): that saves a pass that reads and writes every gradient. Elsewhere (FSDP2's
+    sharded parameters, an unfused optimizer) the gradients are scaled first."""
+    scale = (float(norm) + 1e-6) / max_norm
+    if scale <= 1:  # nothing to clip
+        optimizer.step()
+    elif _fuses_grad_scale(optimizer, parameters):
+        optimizer.grad_scale = torch.tensor(scale, dtype=torch.float32, device=norm.device)
+        try:
+            optimizer.step()
+        finally:
+            del optimizer.grad_scale
+    else:
+        torch._foreach_mul_([p.grad for p in parameters if p.grad is not None], 1 / scale)
+        optimizer.step()
+
+
+def _fuses_grad_scale(optimizer: torch.optim.Optimizer, parameters: list[nn.Parameter]) -> bool:
+    """Whether `optimizer.step()` applies a `grad_scale`: a fused Adam(W) over plain tensors."""
+    fused = all(group.get("fused") for group in optimizer.param_groups)
+    plain = all(type(p.detach()) is torch.Tensor for p in parameters)  # not FSDP2's DTensors
+    return fused and plain and isinstance(optimizer, torch.optim.Adam | torch.optim.AdamW)
+
+
 def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.AdamW:
     device = next(model.parameters()).device
     fused = config.fused if config.fused is not None else device.type in ("cuda", "cpu")

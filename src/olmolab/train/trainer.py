@@ -56,7 +56,7 @@ from olmolab.train.metrics import (
     peak_is_measured,
     read_metrics,
 )
-from olmolab.train.optim import build_optimizer, lr_at
+from olmolab.train.optim import build_optimizer, clipped_step, gradient_norm, lr_at
 from olmolab.train.run_lock import RunLock
 
 
@@ -322,8 +322,8 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         row = self.forward_backward(batch)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.trainer.max_grad_norm or math.inf)
-        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+        parameters = list(self.model.parameters())
+        grad_norm = gradient_norm(parameters)
         norm = grad_norm.item()
         skipped = not (math.isfinite(row["loss"]) and math.isfinite(norm))
         self.state.consecutive_skipped_steps = self.state.consecutive_skipped_steps + 1 if skipped else 0
@@ -333,7 +333,7 @@ class Trainer:
                 tqdm.write(f"olmolab: step {self.state.step + 1}: non-finite loss {row['loss']} or grad norm {norm}; "
                            f"step skipped ({self.state.skipped_steps} so far)", file=sys.stderr)
         else:
-            self.optimizer.step()
+            clipped_step(self.optimizer, parameters, self.config.trainer.max_grad_norm or math.inf, grad_norm)
         self.optimizer.zero_grad(set_to_none=True)
         self.throughput.add(self.batch_tokens(batch))
         return row | {"grad_norm": norm, "lr": lr, "skipped_steps": self.state.skipped_steps}
