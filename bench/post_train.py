@@ -199,6 +199,9 @@ def main() -> None:
                              "from a quarter of that to all of it; both: one run each (see above)")
     parser.add_argument("--cpu-time", action="store_true",
                         help="time steps in the process's CPU time, not wall-clock (see above; use with --threads 1)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run the whole comparison this many times and end with each ratio's median: one run's "
+                             "ratio moves by several percent with the load of a shared machine")
     args = parser.parse_args()
     setup(args.threads)
     if args.precision == "bf16" and bf16_skipped("--precision bf16"):
@@ -208,19 +211,28 @@ def main() -> None:
         import trl
     except ImportError:
         sys.exit("bench/post_train.py compares with TRL: pip install -e '.[bench]'")
-    for lengths in ("uniform", "varied") if args.lengths == "both" else (args.lengths,):
-        results = run_both(args, clock, lengths)
-        print(f"bench model, batch {args.batch} (DPO: pairs), conversations up to {args.seq_len} tokens, "
-              f"{LENGTHS[lengths]}, {args.precision}, {args.threads} threads, TRL {trl.__version__}"
-              + (", TRL SFT padding-free" if args.trl_padding_free else "") + (", CPU time" if args.cpu_time else ""))
-        for method, sides in results.items():
-            for name, steps in zip(("olmolab", "TRL"), sides, strict=True):
-                timed = steps[2:]
-                print(f"  {method.upper():3s} {name:7s}  step {statistics.median(s.seconds for s in timed) * 1e3:7.1f} ms "
-                      f"(median)  {tokens_per_s(steps):7.0f} useful tokens/s  per step: "
-                      f"{statistics.mean(s.useful for s in timed):6.0f} useful, "
-                      f"{statistics.mean(s.trained for s in timed):6.0f} trained")
-            print(f"  {method.upper():3s} olmolab is {tokens_per_s(sides[0]) / tokens_per_s(sides[1]):.2f}x TRL in useful tokens/s")
+    ratios: dict[tuple[str, str], list[float]] = {}
+    for _ in range(args.repeat):
+        for lengths in ("uniform", "varied") if args.lengths == "both" else (args.lengths,):
+            results = run_both(args, clock, lengths)
+            print(f"bench model, batch {args.batch} (DPO: pairs), conversations up to {args.seq_len} tokens, "
+                  f"{LENGTHS[lengths]}, {args.precision}, {args.threads} threads, TRL {trl.__version__}"
+                  + (", TRL SFT padding-free" if args.trl_padding_free else "") + (", CPU time" if args.cpu_time else ""))
+            for method, sides in results.items():
+                for name, steps in zip(("olmolab", "TRL"), sides, strict=True):
+                    timed = steps[2:]
+                    print(f"  {method.upper():3s} {name:7s}  step {statistics.median(s.seconds for s in timed) * 1e3:7.1f} ms "
+                          f"(median)  {tokens_per_s(steps):7.0f} useful tokens/s  per step: "
+                          f"{statistics.mean(s.useful for s in timed):6.0f} useful, "
+                          f"{statistics.mean(s.trained for s in timed):6.0f} trained")
+                ratio = tokens_per_s(sides[0]) / tokens_per_s(sides[1])
+                ratios.setdefault((method, lengths), []).append(ratio)
+                print(f"  {method.upper():3s} olmolab is {ratio:.2f}x TRL in useful tokens/s")
+    if args.repeat > 1:
+        print(f"over {args.repeat} runs:")
+        for (method, lengths), values in ratios.items():
+            print(f"  {method.upper():3s} {LENGTHS[lengths]:38s} " + ", ".join(f"{r:.2f}x" for r in values)
+                  + f"; median {statistics.median(values):.2f}x")
 
 
 LENGTHS = {"uniform": "answers all of one length", "varied": "answers from 1/4 to all of that length"}
