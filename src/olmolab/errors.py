@@ -19,3 +19,10 @@ def unpickling_refusal(error: BaseException) -> str:
     loading again with weights_only=False, which runs whatever the file holds: never repeated."""
     lines = [line.strip() for line in str(error).splitlines()]
     return next((line for line in lines if "GLOBAL" in line or "Unsupported" in line), "not tensors")
+
+
+def refused_unpickling(path, error: BaseException, advice: str) -> UserError:
+    """The error for a file torch's restricted unpickler refused, naming what it refused
+    (`unpickling_refusal`), with `advice` on what to do instead."""
+    return UserError(f"{path}: refused: it holds objects other than tensors, which olmolab never unpickles "
+                     f"({unpickling_refusal(error)}); {advice}")

@@ -34,7 +34,7 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
-from olmolab.errors import UserError, first_line, unpickling_refusal
+from olmolab.errors import UserError, first_line, refused_unpickling
 from olmolab.files import write_safetensors
 from olmolab.model import ModelConfig, Transformer
 from olmolab.tokenizer import CHAT_TEMPLATE
@@ -280,10 +280,7 @@ def _load_torch_bin(path: str) -> dict[str, Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise UserError(
-            f"{path}: refused: it holds objects other than tensors, which olmolab never unpickles "
-            f"({unpickling_refusal(e)}); use a safetensors copy of the weights"
-        ) from e
+        raise refused_unpickling(path, e, "use a safetensors copy of the weights") from e
     except (RuntimeError, EOFError, OSError) as e:
         raise UserError(f"{path}: cannot read the weights ({first_line(e)}); the file is missing or corrupt") from e
     if not isinstance(state, dict) or not all(isinstance(t, Tensor) for t in state.values()):

@@ -42,7 +42,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from olmolab import model_files
-from olmolab.errors import UserError, first_line, unpickling_refusal
+from olmolab.errors import UserError, first_line, refused_unpickling
 from olmolab.model.loss import IGNORE_INDEX
 from olmolab.model.shared_prefix import stream
 from olmolab.posttrain.batches import (
@@ -193,8 +193,7 @@ def load_reference_scores(path: Path, pairs: int) -> dict[str, Tensor]:
     try:
         scores = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise UserError(f"{path}: refused: it holds objects other than tensors, which olmolab never "
-                        f"unpickles ({unpickling_refusal(e)}); {delete}") from e
+        raise refused_unpickling(path, e, delete) from e
     except (RuntimeError, EOFError) as e:
         raise UserError(f"{path}: cannot read the reference's scores ({first_line(e)}); {delete}") from e
     if not (isinstance(scores, dict) and set(scores) == {"chosen", "rejected"}
