@@ -36,6 +36,10 @@ Both sides train in fp32 by default. `--precision bf16` trains olmolab in `train
 bf16` (fp32 master weights, bf16 compute through FSDP2's mixed precision) and TRL with `bf16=True`
 (fp32 weights, the forward under bf16 autocast), on a CPU with a bf16 unit (AMX, AVX512-BF16).
 
+Both sides run eagerly by default, each library's default. `--compile` compiles both:
+olmolab's `trainer.compile` (each block) and TRL's `torch_compile` (its whole model); the first
+steps then include the compilation, and the two untimed ones may not cover it all.
+
 TRL is needed for this benchmark only (`pip install -e ".[bench]"`); olmolab never imports it.
 
     python bench/post_train.py
@@ -98,13 +102,14 @@ class OlmolabSide:
     """olmolab's post-trainer, stepped one batch at a time."""
 
     def __init__(self, method: str, tmp: Path, data: Path, batch: int, seq_len: int, steps: int, clock,
-                 precision: str):
+                 precision: str, compile: bool = False):
         section = {"sft": {"reduction": "mean"}, "dpo": {"loss": "dpo", "beta": 0.1}}[method]
         raw = {
             method: {"paths": [str(data)], "max_seq_len": seq_len} | section,
             "trainer": {"load_path": str(tmp / "olmolab"), "run_dir": str(tmp / f"run-{method}"),
                         "global_batch_size": batch, "micro_batch_size": batch, "max_steps": steps,
                         "save_interval": None, "progress": False, "precision": precision,  # as TRL's side
+                        "compile": compile,
                         "max_grad_norm": 1.0},  # as TRL's (post-training's default is none, the same work: the norm is logged)
             "optim": {"lr": 1e-5, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0},  # as TRL's
             "scheduler": {"name": "constant"},
@@ -139,7 +144,7 @@ def trl_token_counts(inputs: dict) -> tuple[int, int]:
 
 
 def run_interleaved(method: str, tmp: Path, rows: list[dict], ours: OlmolabSide, batch: int, seq_len: int,
-                    steps: int, padding_free: bool, clock, precision: str) -> list[Step]:
+                    steps: int, padding_free: bool, clock, precision: str, compile: bool = False) -> list[Step]:
     """TRL's steps; after each, outside its timing, one of `ours`."""
     import datasets
     import transformers
@@ -170,7 +175,8 @@ def run_interleaved(method: str, tmp: Path, rows: list[dict], ours: OlmolabSide,
                   max_grad_norm=1.0, report_to="none", save_strategy="no", logging_steps=10**6, use_cpu=True,
                   dataloader_num_workers=0, max_length=seq_len, seed=0, disable_tqdm=True,
                   bf16=precision == "bf16",  # fp32 weights, bf16 autocast (TRL's configs default to True)
-                  gradient_checkpointing=False)  # as olmolab's side (TRL's configs default to True: recomputation)
+                  gradient_checkpointing=False,  # as olmolab's side (TRL's configs default to True: recomputation)
+                  torch_compile=compile)
     if method == "sft":
         if padding_free:  # TRL enforces no max_length then; every conversation here fits it
             common["max_length"] = None
@@ -197,6 +203,8 @@ def main() -> None:
     parser.add_argument("--lengths", choices=["uniform", "varied", "both"], default="both",
                         help="every answer seq_len/2 words long (a conversation ~2/3 of seq_len tokens), or each "
                              "from a quarter of that to all of it; both: one run each (see above)")
+    parser.add_argument("--compile", action="store_true",
+                        help="both sides torch.compile'd: olmolab's trainer.compile, TRL's torch_compile")
     parser.add_argument("--cpu-time", action="store_true",
                         help="time steps in the process's CPU time, not wall-clock (see above; use with --threads 1)")
     parser.add_argument("--repeat", type=int, default=1,
@@ -259,9 +267,9 @@ def run_both(args: argparse.Namespace, clock, lengths: str) -> dict[str, tuple[l
         results = {}
         for method in args.methods:
             ours = OlmolabSide(method, tmp, tmp / f"{method}.jsonl", args.batch, args.seq_len, args.steps, clock,
-                               args.precision)
+                               args.precision, args.compile)
             theirs = run_interleaved(method, tmp, rows[method], ours, args.batch, args.seq_len, args.steps,
-                                     args.trl_padding_free, clock, args.precision)
+                                     args.trl_padding_free, clock, args.precision, args.compile)
             results[method] = (ours.steps, theirs)
     return results
 
