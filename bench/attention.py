@@ -2,9 +2,10 @@
 
 Same tokens per batch (4096) at every length, 6 heads of 64, 2 threads, in fp32 and (where the
 CPU has a bf16 unit) bf16. Both sides are timed interleaved (medians), forward plus backward
-and forward alone; prints the ratio SDPA / olmolab and which of olmolab's paths ran: halves
-(fp32, `halves_pay`), scores kept (bf16 training, `kept_scores_pay`) or SDPA itself (then the
-two are the same call, and the ratio is ~1).
+and forward alone; prints the ratio SDPA / olmolab and which of olmolab's paths ran: tiles
+(fp32, olmolab's C++ kernel, `tiled_pays`), halves (fp32 without it, `halves_pay`), scores kept
+(bf16 training, `kept_scores_pay`) or SDPA itself (then the two are the same call, and the ratio
+is ~1).
 
     python bench/attention.py [--lengths 256,384,448,512,640,1024] [--dtypes fp32,bf16] [--rounds 7]
                               [--keep-freed-memory]
@@ -29,7 +30,7 @@ from common import (
 )
 
 from olmolab.kernels import kernel
-from olmolab.kernels.causal_attention import halves_pay, kept_scores_pay
+from olmolab.kernels.causal_attention import halves_pay, kept_scores_pay, tiled_pays
 
 causal_attention = kernel("causal_attention")
 
@@ -43,7 +44,10 @@ def sdpa(q, k, v):
 def olmolab_path(q: torch.Tensor) -> str:
     """Which path olmolab's causal attention takes in training on queries like `q`."""
     q = q.detach().requires_grad_()
-    return "scores kept" if kept_scores_pay(q, q, q) else "halves" if halves_pay(q) else "SDPA"
+    for name, pays in (("scores kept", kept_scores_pay), ("tiles", tiled_pays), ("halves", halves_pay)):
+        if pays(q, q, q):
+            return name
+    return "SDPA"
 
 
 def timed_pair(T: int, dtype: torch.dtype, rounds: int) -> tuple[float, float, float, float]:
@@ -71,7 +75,7 @@ def timed_pair(T: int, dtype: torch.dtype, rounds: int) -> tuple[float, float, f
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--lengths", default="256,384,448,512,640,1024")
+    parser.add_argument("--lengths", default="128,256,332,384,448,512,640,1024")
     parser.add_argument("--dtypes", default="fp32,bf16", help="bf16 only where the CPU has a bf16 unit")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2)

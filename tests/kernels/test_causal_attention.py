@@ -1,12 +1,19 @@
-"""Causal attention on CPU, computed in halves (fp32) or with its scores kept (bf16 training), equals
-SDPA's causal attention, values and gradients."""
+"""Causal attention on CPU, computed in tiles by olmolab's C++ kernel or in halves (fp32), or with its
+scores kept (bf16 training), equals SDPA's causal attention, values and gradients."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from olmolab.kernels import kernel
-from olmolab.kernels.causal_attention import halves_pay, kept_scores_causal_attention, kept_scores_pay
+from olmolab.kernels import kernel, native
+from olmolab.kernels.causal_attention import (
+    halved_causal_attention,
+    halves_pay,
+    kept_scores_causal_attention,
+    kept_scores_pay,
+    tiled_causal_attention,
+    tiled_pays,
+)
 
 causal_attention = kernel("causal_attention")
 
@@ -32,8 +39,8 @@ def sdpa(q, k, v):
 @pytest.mark.parametrize(("T", "kv_heads"), [(384, 4), (512, 4), (512, 2), (448, 1)])
 def test_halves_give_sdpas_values_and_gradients(T, kv_heads):
     q, k, v = qkv(T, kv_heads=kv_heads)
-    assert halves_pay(q)  # else this would compare SDPA with itself
-    torch.testing.assert_close(values_and_grads(causal_attention, q, k, v), values_and_grads(sdpa, q, k, v),
+    assert halves_pay(q)  # where they are the registry's path (no C++ kernel, or torch.compile)
+    torch.testing.assert_close(values_and_grads(halved_causal_attention, q, k, v), values_and_grads(sdpa, q, k, v),
                                rtol=1e-5, atol=1e-5)
 
 
@@ -41,21 +48,19 @@ def test_halves_take_any_layout():
     """The model's q, k, v are transposed views of (B, T, heads, hd); a KV cache's are (B, heads, T, hd)."""
     q, k, v = (t.contiguous() for t in qkv(384, kv_heads=2))
     assert halves_pay(q)
-    torch.testing.assert_close(values_and_grads(causal_attention, q, k, v), values_and_grads(sdpa, q, k, v),
+    torch.testing.assert_close(values_and_grads(halved_causal_attention, q, k, v), values_and_grads(sdpa, q, k, v),
                                rtol=1e-5, atol=1e-5)
 
 
 def test_without_autograd_the_halves_give_the_same_values():
     q, k, v = qkv(512)
     with torch.no_grad():
-        torch.testing.assert_close(causal_attention(q, k, v), sdpa(q, k, v), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(halved_causal_attention(q, k, v), sdpa(q, k, v), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("T", [1, 256, 383, 513, 1024])
-def test_lengths_where_halves_do_not_pay_are_plain_sdpa(T):
-    q, k, v = qkv(T)
-    assert not halves_pay(q)
-    torch.testing.assert_close(causal_attention(q, k, v), sdpa(q, k, v), rtol=0, atol=0)
+def test_halves_pay_from_384_to_512_tokens_only(T):
+    assert not halves_pay(qkv(T)[0])
 
 
 def test_bf16_is_not_halved():
@@ -145,3 +150,73 @@ def test_scores_are_kept_under_a_mask_only_where_it_is_a_packed_batchs():
     with torch.no_grad():
         torch.testing.assert_close(causal_attention(q, k, v, above_the_diagonal),
                                    F.scaled_dot_product_attention(q, k, v, attn_mask=above_the_diagonal))
+
+
+needs_native = pytest.mark.skipif(native.native_kernels() is None,
+                                  reason=f"olmolab's C++ kernels are not built here: {native.why_not()}")
+
+
+def sdpa_in_fp64(q, k, v):
+    """SDPA computed in fp64 and rounded to fp32: the exact answer, for a kernel that computes in fp32."""
+    return sdpa(q.double(), k.double(), v.double()).float()
+
+
+@needs_native
+@pytest.mark.parametrize(("T", "kv_heads", "head_dim"),
+                         [(2, 4, 16), (7, 4, 16), (48, 4, 16), (49, 2, 16), (97, 1, 24), (332, 4, 64), (513, 2, 16)])
+def test_tiles_give_sdpas_values_and_gradients(T, kv_heads, head_dim):
+    """Lengths below, at and past one tile (48 queries) and past 512 keys, grouped queries, a head
+    dimension that is not a multiple of the kernel's 8 lanes; against SDPA in fp64, to fp32 rounding."""
+    q, k, v = qkv(T, kv_heads=kv_heads, head_dim=head_dim, batch=3)
+    assert tiled_pays(q)
+    torch.testing.assert_close(values_and_grads(tiled_causal_attention, q, k, v),
+                               values_and_grads(sdpa_in_fp64, q, k, v), rtol=2e-5, atol=2e-5)
+
+
+@needs_native
+def test_tiles_take_any_layout():
+    """The model's q, k, v are transposed views of (B, T, heads, hd) (above); a cache's are (B, heads, T, hd)."""
+    q, k, v = (t.contiguous() for t in qkv(100, kv_heads=2))
+    torch.testing.assert_close(values_and_grads(tiled_causal_attention, q, k, v),
+                               values_and_grads(sdpa_in_fp64, q, k, v), rtol=2e-5, atol=2e-5)
+
+
+@needs_native
+def test_tiled_gradients_come_back_in_the_models_layout():
+    """(B, heads, T, hd) views of (B, T, heads, hd) memory: what RoPE's backward and the qkv
+    projection's read without a copy."""
+    q, k, v = (t.requires_grad_() for t in qkv(64))
+    out = tiled_causal_attention(q, k, v)
+    out.sum().backward()
+    for t in (out, q.grad, k.grad, v.grad):
+        assert t.transpose(1, 2).is_contiguous()
+
+
+@needs_native
+def test_fp32_attention_takes_the_tiles_in_training_and_evaluation():
+    q, k, v = (t.requires_grad_() for t in qkv(64))
+    assert causal_attention(q, k, v).grad_fn.name() == "_TiledCausalAttentionBackward"
+    with torch.no_grad():
+        torch.testing.assert_close(causal_attention(q, k, v), sdpa_in_fp64(q, k, v), rtol=2e-5, atol=2e-5)
+
+
+def test_the_tiles_take_plain_causal_fp32_attention_only():
+    q = qkv(64)[0]
+    assert not tiled_pays(q.bfloat16()), "bf16 has its own path (kept scores)"
+    assert not tiled_pays(q, mask=torch.ones(2, 1, 64, 64, dtype=torch.bool)), "a mask: SDPA"
+    assert not tiled_pays(q[:, :, :1]), "one query (a decode step)"
+
+
+def test_without_the_cpp_kernels_fp32_attention_keeps_pytorchs(monkeypatch):
+    """OLMOLAB_NATIVE_KERNELS=0, or no compiler: the registry's next paths, and why is said."""
+    monkeypatch.setenv(native.NATIVE_ENV, "0")
+    native._build.cache_clear()
+    native.native_kernels.cache_clear()
+    try:
+        assert native.native_kernels() is None and native.why_not() == f"{native.NATIVE_ENV}=0"
+        q, k, v = (t.requires_grad_() for t in qkv(384))
+        assert causal_attention(q, k, v).grad_fn.name() == "_HalvedCausalAttentionBackward"
+    finally:
+        monkeypatch.undo()
+        native._build.cache_clear()
+        native.native_kernels.cache_clear()

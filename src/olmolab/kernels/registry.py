@@ -27,6 +27,8 @@ from olmolab.kernels.causal_attention import (
     halves_pay,
     kept_scores_causal_attention,
     kept_scores_pay,
+    tiled_causal_attention,
+    tiled_pays,
 )
 from olmolab.kernels.cpu_matmul import linear_by_onednn, onednn_pays
 from olmolab.kernels.decode import DecodeLinear, decode_layout, one_row_linear, one_row_pays
@@ -60,7 +62,8 @@ KERNELS: dict[str, Kernel] = {
         Kernel("rotary", plain.rotary, ((autograd.backward_will_run, autograd.rotary),)),
         Kernel("swiglu", plain.swiglu, ((autograd.backward_will_run, autograd.swiglu),)),
         Kernel("causal_attention", plain.causal_attention,
-               ((kept_scores_pay, kept_scores_causal_attention), (halves_pay, halved_causal_attention))),
+               ((kept_scores_pay, kept_scores_causal_attention), (tiled_pays, tiled_causal_attention),
+                (halves_pay, halved_causal_attention))),
     )
 }
 
