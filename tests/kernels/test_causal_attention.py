@@ -205,6 +205,8 @@ def test_the_tiles_take_plain_causal_fp32_attention_only():
     assert not tiled_pays(q.bfloat16()), "bf16 has its own path (kept scores)"
     assert not tiled_pays(q, mask=torch.ones(2, 1, 64, 64, dtype=torch.bool)), "a mask: SDPA"
     assert not tiled_pays(q[:, :, :1]), "one query (a decode step)"
+    assert tiled_pays(qkv(1024)[0]) == (native.native_kernels() is not None)
+    assert not tiled_pays(qkv(1025)[0]), "longer: the flash kernel skips whole blocks of 512 keys, and is faster"
 
 
 def test_without_the_cpp_kernels_fp32_attention_keeps_pytorchs(monkeypatch):

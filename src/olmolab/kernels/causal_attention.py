@@ -65,18 +65,22 @@ _KERNEL_KEY_BLOCK, _KERNEL_TALL_TILES_FROM = 512, 192
 
 
 # Queries per tile of the tiled kernel: at 332 tokens tiles of 48 took 4.9 ms forward and 11.4
-# backward, 64 5.1 and 12.7, 32 5.2 and 12.3 (bench/README.md).
+# backward, 64 5.1 and 12.7, 32 5.2 and 12.3 (bench/README.md). And the longest sequences it
+# takes: from 2048 tokens the flash kernel, which then skips whole blocks of 512 keys, is the
+# faster (0.96x at 2048, 0.83x at 4096; 1.09x at 1024, 1.45-1.49x from 332 to 512).
 _TILE_QUERIES = 48
+_TILED_MAX_TOKENS = 1024
 
 
 def tiled_pays(q: Tensor, k: Tensor | None = None, v: Tensor | None = None, mask: Tensor | None = None) -> bool:
-    """Whether the tiled C++ kernel applies: plain causal fp32 attention on a CPU (no mask), eager
-    (torch.compile would break its graph at the call), with the kernel built here."""
+    """Whether the tiled C++ kernel applies: plain causal fp32 attention on a CPU (no mask) of up to
+    `_TILED_MAX_TOKENS` tokens, eager (torch.compile would break its graph at the call), with the
+    kernel built here."""
     return (
         mask is None
         and q.device.type == "cpu"
         and q.dtype == torch.float32
-        and q.shape[2] > 1
+        and 1 < q.shape[2] <= _TILED_MAX_TOKENS
         and not torch.compiler.is_compiling()
         and native_kernels() is not None
     )
