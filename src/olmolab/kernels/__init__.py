@@ -1,6 +1,6 @@
 """How the model's ops are computed: the plain formulas, and the CPU fast paths (matmul library
-per CPU vendor, halved causal attention, hand-written backward passes, decode matmuls), chosen
-in one place (`registry`); and the fused loss's compiled softmax over bf16 logits
+per CPU vendor, causal attention in tiles by olmolab's one C++ kernel (`native`, `csrc/`) or in
+halves, hand-written backward passes, decode matmuls), chosen in one place (`registry`); and the fused loss's compiled softmax over bf16 logits
 (`logits_softmax`), which the loss takes under `trainer.compile`. Each fast path is tested
 against its formula (`tests/kernels/`).
 

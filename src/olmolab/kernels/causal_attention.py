@@ -7,10 +7,10 @@ each tile of queries against the keys up to its last query only: the scores as o
 the softmax row by row while they are in cache (a vectorised exp), then the product with the
 values; the backward recomputes each tile's probabilities from the log-sum-exps, as flash
 attention does. Built on first use where a C++ compiler is (`kernels/native.py`); elsewhere the
-paths below apply. At the bench model's shapes (batch 8, 6 heads of 64, 332 tokens) forward and
-backward take ~17 ms against the flash kernel's ~30 (`bench/README.md`).
+paths below apply. It pays most from 256 to 512 tokens, and loses from 2048 on, where the flash
+kernel's skipped blocks outweigh what finer tiles skip (`bench/README.md` has the figures).
 
-**Halves (fp32).** On CPU, `F.scaled_dot_product_attention(..., is_causal=True)` runs PyTorch's
+**Halves (fp32, where the C++ kernel is not built, and under torch.compile).** On CPU, `F.scaled_dot_product_attention(..., is_causal=True)` runs PyTorch's
 flash kernel, which skips causal work only in whole blocks of 512 keys. Up to 1024 tokens it
 therefore computes most of the (T x T) score matrix and then masks half of it away: at 512
 tokens causal and full attention take the same time.
@@ -64,10 +64,9 @@ from olmolab.kernels.native import native_kernels
 _KERNEL_KEY_BLOCK, _KERNEL_TALL_TILES_FROM = 512, 192
 
 
-# Queries per tile of the tiled kernel: at 332 tokens tiles of 48 took 4.9 ms forward and 11.4
-# backward, 64 5.1 and 12.7, 32 5.2 and 12.3 (bench/README.md). And the longest sequences it
-# takes: from 2048 tokens the flash kernel, which then skips whole blocks of 512 keys, is the
-# faster (0.96x at 2048, 0.83x at 4096; 1.09x at 1024, 1.45-1.49x from 332 to 512).
+# Queries per tile of the tiled kernel (the fastest of 32, 48 and 64 at the bench model's shapes),
+# and the longest sequences it takes: from 2048 tokens the flash kernel, which then skips whole
+# blocks of 512 keys, is the faster (bench/README.md).
 _TILE_QUERIES = 48
 _TILED_MAX_TOKENS = 1024
 
