@@ -10,8 +10,8 @@ attention does. Built on first use where a C++ compiler is (`kernels/native.py`)
 paths below apply. It pays most from 256 to 512 tokens, and loses from 2048 on, where the flash
 kernel's skipped blocks outweigh what finer tiles skip (`bench/README.md` has the figures).
 
-**Halves (fp32, where the C++ kernel is not built, and under torch.compile).** On CPU, `F.scaled_dot_product_attention(..., is_causal=True)` runs PyTorch's
-flash kernel, which skips causal work only in whole blocks of 512 keys. Up to 1024 tokens it
+**Halves (fp32, where the C++ kernel is not built, and under torch.compile).** On CPU,
+`F.scaled_dot_product_attention(..., is_causal=True)` runs PyTorch's flash kernel, which skips causal work only in whole blocks of 512 keys. Up to 1024 tokens it
 therefore computes most of the (T x T) score matrix and then masks half of it away: at 512
 tokens causal and full attention take the same time.
 

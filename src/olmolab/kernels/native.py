@@ -22,21 +22,21 @@ from types import ModuleType
 
 import torch
 
+from olmolab.kernels.cpu_matmul import cpuinfo
+
 NATIVE_ENV = "OLMOLAB_NATIVE_KERNELS"
 _SOURCES = [Path(__file__).parent / "csrc" / "causal_attention.cpp"]
 
 
 def _arch_flags() -> list[str]:
-    from olmolab.kernels.cpu_matmul import cpuinfo
-
     flags = (cpuinfo("flags") or "").split()
     return ["-mavx2", "-mfma"] if {"avx2", "fma"} <= set(flags) else []
 
 
-@functools.cache
 def native_kernels() -> ModuleType | None:
     """The compiled module (`forward`, `backward` of the tiled causal attention), built on the
-    first call of a process, or None where it cannot be (see the module docstring; `why_not`)."""
+    first call of a process (`_build` keeps it), or None where it cannot be (see the module
+    docstring; `why_not`)."""
     return _build()[0]
 
 
@@ -66,5 +66,6 @@ def _build() -> tuple[ModuleType | None, str | None]:
             verbose=False,
         )
     except Exception as error:  # no compiler, no ninja, no MKL symbol: PyTorch's kernels instead
-        return None, f"{type(error).__name__}: {str(error).strip().splitlines()[-1] if str(error).strip() else ''}"
+        last_line = (str(error).strip().splitlines() or [""])[-1]
+        return None, f"{type(error).__name__}: {last_line}"
     return module, None
